@@ -1,0 +1,1 @@
+//! Benchmarks and the load tool for lsm; the benchmarks live in `benches/`.

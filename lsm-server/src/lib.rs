@@ -1,0 +1,1 @@
+//! lsm-server: not built yet; see the open issues for its scope.
