@@ -100,7 +100,10 @@ impl State {
         match req.borrow_until_ms {
             Some(until) => {
                 if until <= self.now_ms {
-                    return Err(Denial::bad("borrow_until_ms", "the borrow must end in the future"));
+                    return Err(Denial::bad(
+                        "borrow_until_ms",
+                        "the borrow must end in the future",
+                    ));
                 }
                 if req.wait.is_some() {
                     return Err(Denial::bad("wait", "an offline borrow cannot wait in the queue"));
@@ -124,7 +127,10 @@ impl State {
             if !(limits.min_queue_ttl_ms..=limits.max_queue_ttl_ms).contains(&ttl) {
                 return Err(Denial::bad(
                     "wait.poll_ttl_ms",
-                    format!("{ttl} is outside {}..={}", limits.min_queue_ttl_ms, limits.max_queue_ttl_ms),
+                    format!(
+                        "{ttl} is outside {}..={}",
+                        limits.min_queue_ttl_ms, limits.max_queue_ttl_ms
+                    ),
                 ));
             }
         }
@@ -282,7 +288,12 @@ impl State {
     }
 
     /// Gives back a checkout, or withdraws a queued request.
-    pub(crate) fn release(&mut self, client: &ClientId, id: CheckoutId, fx: &mut Effects) -> Response {
+    pub(crate) fn release(
+        &mut self,
+        client: &ClientId,
+        id: CheckoutId,
+        fx: &mut Effects,
+    ) -> Response {
         let owner = match (self.checkouts.get(&id), self.waiters.get(&id)) {
             (Some(c), _) => &c.client,
             (None, Some(w)) => &w.client,

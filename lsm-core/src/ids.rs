@@ -149,9 +149,7 @@ fn validate(value: &str, kind: &str, max: usize, extra: &str) -> Result<(), Name
 
 /// A checkout's id. Ids are assigned by the state machine in increasing order and never
 /// reused; a queued request receives its id when it is queued and keeps it when granted.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CheckoutId(pub u64);
 

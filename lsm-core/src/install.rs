@@ -46,13 +46,14 @@ impl State {
                 features.insert(name, old);
             }
         }
-        let names: Vec<_> = features.keys().cloned().collect();
-        fx.touched.extend(names.iter().cloned());
+        fx.touched.extend(features.keys().cloned());
         fx.freed_all = true;
-        let count = names.iter().filter(|n| !features[*n].retired).count() as u64;
+        let licensed: Vec<_> =
+            features.iter().filter(|(_, f)| !f.retired).map(|(n, _)| n.clone()).collect();
+        let count = licensed.len() as u64;
         self.features = features;
         self.policy = policy;
-        fx.events.push(Event::Installed { features: names });
+        fx.events.push(Event::Installed { features: licensed });
         Response::Installed { features: count }
     }
 }

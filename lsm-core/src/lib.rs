@@ -74,8 +74,8 @@ mod state;
 pub use command::{CheckoutRequest, Command, Item, MAX_REASON_LEN, Meta, Op, Request, Wait};
 pub use error::Error;
 pub use ids::{
-    CheckoutId, ClientId, FeatureName, GroupName, HostName, JobId, LicenseId, NameError,
-    PoolName, UserName,
+    CheckoutId, ClientId, FeatureName, GroupName, HostName, JobId, LicenseId, NameError, PoolName,
+    UserName,
 };
 pub use license::{
     CostRule, Demand, Entitlement, Install, InstallError, ParallelMode, Policy, PoolSpec, Rule,

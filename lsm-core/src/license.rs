@@ -72,7 +72,7 @@ pub enum Demand {
 
 /// How cores convert to tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "rule")]
+#[serde(rename_all = "snake_case")]
 pub enum CostRule {
     /// `base_tokens + tokens_per_core * max(0, cores - cores_included)`.
     PerCore {
@@ -209,9 +209,21 @@ pub enum Subject {
     HostGroup(GroupName),
 }
 
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::User(u) => write!(f, "user {u}"),
+            Subject::EachUser => write!(f, "each user"),
+            Subject::Group(g) => write!(f, "group {g}"),
+            Subject::Host(h) => write!(f, "host {h}"),
+            Subject::HostGroup(g) => write!(f, "host group {g}"),
+        }
+    }
+}
+
 /// One options-file rule for one feature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case")]
 pub enum Rule {
     /// The subject may hold at most `tokens` tokens of the feature at once.
     Max {
@@ -291,7 +303,10 @@ impl Install {
             if e.tokens_total > limits.max_tokens_per_feature {
                 return refuse(
                     field("tokens_total"),
-                    format!("{} is over the limit of {}", e.tokens_total, limits.max_tokens_per_feature),
+                    format!(
+                        "{} is over the limit of {}",
+                        e.tokens_total, limits.max_tokens_per_feature
+                    ),
                 );
             }
             if e.expires_at_ms <= e.starts_at_ms {
@@ -452,7 +467,8 @@ mod tests {
         assert_eq!(rule.tokens_for_cores(4), Some(1));
         assert_eq!(rule.tokens_for_cores(10), Some(13));
         assert_eq!(rule.tokens_for_cores(0), Some(1));
-        let huge = CostRule::PerCore { base_tokens: 0, tokens_per_core: 1 << 40, cores_included: 0 };
+        let huge =
+            CostRule::PerCore { base_tokens: 0, tokens_per_core: 1 << 40, cores_included: 0 };
         assert_eq!(huge.tokens_for_cores(1 << 30), None);
     }
 }

@@ -7,7 +7,7 @@
 //! tracked per pool, not per checkout. The grant rule and its invariants are documented in
 //! `docs/design/licensing-model.md`; [`FeatureState::check`] verifies them.
 //!
-//! Grant order for `n` tokens in pool `p`: the feature total, then `p`'s cap, then `p`'s
+//! Grant order for `n` tokens in pool `p`: `p`'s cap, then the feature total, then `p`'s
 //! idle reserve, then the shared remainder, then lending pools in declaration order, each
 //! down to its `keep_idle` mark. Release order is the reverse: unbacked, borrowed, shared,
 //! own, so lenders get their tokens back first.
@@ -156,7 +156,8 @@ impl FeatureState {
         self.free().min(room).min(self.reachable(p))
     }
 
-    /// Plans a grant of `tokens` to pool `p`, or says why it cannot be made now.
+    /// Plans a grant of `tokens` to pool `p`, or says why it cannot be made now: the
+    /// pool's cap, then the feature's free tokens, then the sources in grant order.
     pub fn plan(&self, p: usize, tokens: u64) -> Result<Allocation, Denial> {
         let pool = &self.pools[p];
         let denied = |available: u64| Denial::NoTokens {
@@ -165,11 +166,8 @@ impl FeatureState {
             available,
             requested: tokens,
         };
-        let free = self.free();
-        if tokens > free {
-            return Err(denied(free.min(self.reachable(p))));
-        }
-        if pool.used + tokens > pool.cap {
+        let total = self.entitlement.tokens_total;
+        if pool.used + tokens > pool.cap && pool.cap < total {
             return Err(Denial::PoolCap {
                 feature: self.name().clone(),
                 pool: pool.spec.name.clone(),
@@ -177,6 +175,10 @@ impl FeatureState {
                 held: pool.used,
                 requested: tokens,
             });
+        }
+        let free = self.free();
+        if tokens > free {
+            return Err(denied(free.min(self.reachable(p))));
         }
         let own = tokens.min(pool.idle_reserve());
         let shared = (tokens - own).min(self.shared_free());
@@ -359,7 +361,10 @@ impl FeatureState {
         }
         let shared: u64 = self.pools.iter().map(|p| p.shared).sum();
         if shared > self.shared_size() {
-            return Err(format!("{name}: shared use {shared} over remainder {}", self.shared_size()));
+            return Err(format!(
+                "{name}: shared use {shared} over remainder {}",
+                self.shared_size()
+            ));
         }
         let backed: u64 = self.pools.iter().map(|p| p.used - p.unbacked).sum();
         if backed > self.entitlement.tokens_total {

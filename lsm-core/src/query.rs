@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::Item;
-use crate::ids::{CheckoutId, ClientId, FeatureName, HostName, JobId, LicenseId, PoolName, UserName};
+use crate::ids::{
+    CheckoutId, ClientId, FeatureName, HostName, JobId, LicenseId, PoolName, UserName,
+};
 use crate::response::Denial;
 use crate::state::{Checkout, State};
 

@@ -113,6 +113,19 @@ pub enum End {
     QueueDenied(Box<Denial>),
 }
 
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Released => f.write_str("released"),
+            End::Expired => f.write_str("lease expired"),
+            End::Revoked { reason } => write!(f, "revoked: {reason}"),
+            End::Cancelled => f.write_str("withdrawn from the queue"),
+            End::QueueExpired => f.write_str("left the queue unpolled"),
+            End::QueueDenied(denial) => write!(f, "dropped from the queue: {denial}"),
+        }
+    }
+}
+
 /// Why a request was refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]
@@ -167,7 +180,7 @@ pub enum Denial {
         expired_at_ms: u64,
     },
     /// An exclude rule, or the absence of an include rule, keeps the requester out.
-    #[error("{subject:?} may not use feature {feature}")]
+    #[error("{subject} may not use feature {feature}")]
     Excluded {
         /// The feature.
         feature: FeatureName,
@@ -175,7 +188,7 @@ pub enum Denial {
         subject: Subject,
     },
     /// A max rule would be exceeded.
-    #[error("limit for {subject:?} on {feature}: holds {held}, asks {requested}, max {max}")]
+    #[error("limit for {subject} on {feature}: holds {held}, asks {requested}, max {max}")]
     OverLimit {
         /// The feature.
         feature: FeatureName,
@@ -267,7 +280,7 @@ pub enum Denial {
         id: CheckoutId,
     },
     /// The checkout ended some other way (or so long ago that how is forgotten).
-    #[error("checkout {id:?} has ended")]
+    #[error("checkout {id:?} has ended{}", end.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())]
     Ended {
         /// The id.
         id: CheckoutId,

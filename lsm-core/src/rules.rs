@@ -15,7 +15,11 @@ use crate::state::State;
 impl State {
     /// The pool an item draws on: the named one, else the pool serving the demand's
     /// mode, else the feature's first pool.
-    pub(crate) fn resolve_pool(&self, feature: &FeatureState, item: &Item) -> Result<usize, Denial> {
+    pub(crate) fn resolve_pool(
+        &self,
+        feature: &FeatureState,
+        item: &Item,
+    ) -> Result<usize, Denial> {
         if let Some(name) = &item.pool {
             return feature.pool_index(name).ok_or_else(|| Denial::UnknownPool {
                 feature: item.feature.clone(),
@@ -118,7 +122,13 @@ impl State {
     }
 
     /// Tokens of `feature` held by `subject`, as seen from a requester `user`@`host`.
-    fn held_by(&self, feature: &FeatureName, subject: &Subject, user: &UserName, host: &HostName) -> u64 {
+    fn held_by(
+        &self,
+        feature: &FeatureName,
+        subject: &Subject,
+        user: &UserName,
+        host: &HostName,
+    ) -> u64 {
         let by_user = |u: &UserName| {
             self.held_by_user.get(&(feature.clone(), u.clone())).copied().unwrap_or(0)
         };
@@ -138,7 +148,13 @@ impl State {
     }
 
     /// Counts tokens granted to `user`@`host`.
-    pub(crate) fn add_held(&mut self, feature: &FeatureName, user: &UserName, host: &HostName, tokens: u64) {
+    pub(crate) fn add_held(
+        &mut self,
+        feature: &FeatureName,
+        user: &UserName,
+        host: &HostName,
+        tokens: u64,
+    ) {
         if tokens == 0 {
             return;
         }
@@ -147,7 +163,13 @@ impl State {
     }
 
     /// Uncounts tokens returned by `user`@`host`.
-    pub(crate) fn sub_held(&mut self, feature: &FeatureName, user: &UserName, host: &HostName, tokens: u64) {
+    pub(crate) fn sub_held(
+        &mut self,
+        feature: &FeatureName,
+        user: &UserName,
+        host: &HostName,
+        tokens: u64,
+    ) {
         if tokens == 0 {
             return;
         }

@@ -10,8 +10,8 @@
 //! - a session keeps at most `max_replies_per_session` replies; past that the oldest is
 //!   dropped and the session's floor rises, so a retry of it answers `StaleRequest`;
 //! - a session not seen for `session_idle_ttl_ms` is dropped;
-//! - when `max_sessions` sessions exist, the least recently seen one (ties: smallest
-//!   client id) is dropped to make room.
+//! - when `max_sessions` sessions exist, the least recently seen one (by log index) is
+//!   dropped to make room.
 //!
 //! A client that retries within the idle TTL and is not crowded out by `max_sessions` newer
 //! clients is therefore answered exactly once.
@@ -28,6 +28,8 @@ use crate::response::Response;
 pub struct Session {
     /// When the client was last heard from (replicated time).
     pub last_seen_ms: u64,
+    /// The log index of the client's last request; orders sessions by recency.
+    pub last_seen_index: u64,
     /// Requests below this number are no longer answered from the table.
     pub floor: u64,
     /// Kept replies by sequence number.
@@ -38,7 +40,9 @@ pub struct Session {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sessions {
     sessions: BTreeMap<ClientId, Session>,
-    /// Index of `(last_seen_ms, client)`, for eviction; rebuilt on restore.
+    /// Index of `(last_seen_index, client)`, least recent first, for eviction; rebuilt on
+    /// restore. Replicated time never decreases as the index grows, so this is also the
+    /// order of `last_seen_ms`.
     #[serde(skip)]
     by_age: BTreeSet<(u64, ClientId)>,
 }
@@ -74,13 +78,13 @@ impl Sessions {
 
     /// Rebuilds the age index after a restore.
     pub fn rebuild_index(&mut self) {
-        self.by_age = self.sessions.iter().map(|(c, s)| (s.last_seen_ms, c.clone())).collect();
+        self.by_age = self.sessions.iter().map(|(c, s)| (s.last_seen_index, c.clone())).collect();
     }
 
     /// Drops sessions idle for longer than `idle_ttl_ms` at time `now_ms`.
     pub fn expire(&mut self, now_ms: u64, idle_ttl_ms: u64) {
-        while let Some((seen, _)) = self.by_age.first() {
-            if seen.saturating_add(idle_ttl_ms) > now_ms {
+        while let Some((_, client)) = self.by_age.first() {
+            if self.sessions[client].last_seen_ms.saturating_add(idle_ttl_ms) > now_ms {
                 break;
             }
             let (_, client) = self.by_age.pop_first().expect("first exists");
@@ -88,14 +92,14 @@ impl Sessions {
         }
     }
 
-    /// Looks up a request, touching (or creating) its session at `now_ms`. Creating a
-    /// session when `max_sessions` are present evicts the least recently seen one.
+    /// Looks up a request, touching (or creating) its session at log `index` and time
+    /// `now_ms`. Creating a session when `max_sessions` are present evicts the least
+    /// recently seen one.
     pub fn begin(
         &mut self,
         client: &ClientId,
-        seq: u64,
-        ack: u64,
-        now_ms: u64,
+        (seq, ack): (u64, u64),
+        (index, now_ms): (u64, u64),
         max_sessions: u64,
     ) -> Lookup {
         if !self.sessions.contains_key(client) {
@@ -103,15 +107,21 @@ impl Sessions {
                 let (_, oldest) = self.by_age.pop_first().expect("index matches table");
                 self.sessions.remove(&oldest);
             }
-            let session = Session { last_seen_ms: now_ms, floor: 0, replies: BTreeMap::new() };
+            let session = Session {
+                last_seen_ms: now_ms,
+                last_seen_index: index,
+                floor: 0,
+                replies: BTreeMap::new(),
+            };
             self.sessions.insert(client.clone(), session);
-            self.by_age.insert((now_ms, client.clone()));
+            self.by_age.insert((index, client.clone()));
         }
         let session = self.sessions.get_mut(client).expect("inserted above");
-        if session.last_seen_ms != now_ms {
-            self.by_age.remove(&(session.last_seen_ms, client.clone()));
-            session.last_seen_ms = now_ms;
-            self.by_age.insert((now_ms, client.clone()));
+        session.last_seen_ms = now_ms;
+        if session.last_seen_index != index {
+            self.by_age.remove(&(session.last_seen_index, client.clone()));
+            session.last_seen_index = index;
+            self.by_age.insert((index, client.clone()));
         }
         if ack > session.floor {
             session.floor = ack;
@@ -141,7 +151,10 @@ impl Sessions {
     /// Checks that the age index matches the table.
     pub fn check(&self) -> Result<(), String> {
         if self.by_age.len() != self.sessions.len()
-            || self.sessions.iter().any(|(c, s)| !self.by_age.contains(&(s.last_seen_ms, c.clone())))
+            || self
+                .sessions
+                .iter()
+                .any(|(c, s)| !self.by_age.contains(&(s.last_seen_index, c.clone())))
         {
             return Err("session age index does not match the session table".into());
         }

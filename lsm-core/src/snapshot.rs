@@ -30,7 +30,8 @@ impl State {
         if version != SNAPSHOT_VERSION {
             return Err(Error::SnapshotVersion { found: version, supported: SNAPSHOT_VERSION });
         }
-        let mut state: State = postcard::from_bytes(rest).map_err(|e| Error::Snapshot(e.to_string()))?;
+        let mut state: State =
+            postcard::from_bytes(rest).map_err(|e| Error::Snapshot(e.to_string()))?;
         state.rebuild_index();
         state.check_invariants()?;
         Ok(state)
@@ -78,8 +79,10 @@ impl State {
             for item in &c.items {
                 *pool_use.entry((&item.feature, &item.pool)).or_default() += item.tokens;
                 if item.tokens > 0 {
-                    *by_user.entry((item.feature.clone(), c.user.clone())).or_default() += item.tokens;
-                    *by_host.entry((item.feature.clone(), c.host.clone())).or_default() += item.tokens;
+                    *by_user.entry((item.feature.clone(), c.user.clone())).or_default() +=
+                        item.tokens;
+                    *by_host.entry((item.feature.clone(), c.host.clone())).or_default() +=
+                        item.tokens;
                 }
             }
             loads.entry(&c.client).or_default().checkouts += 1;

@@ -231,10 +231,13 @@ impl State {
             return Response::Denied(denial);
         }
         let max_sessions = self.limits.max_sessions;
-        match self.sessions.begin(&client, seq, ack, self.now_ms, max_sessions) {
+        let at = (self.last_index, self.now_ms);
+        match self.sessions.begin(&client, (seq, ack), at, max_sessions) {
             Lookup::Replay(reply) => return reply,
             Lookup::Stale { oldest_kept } => {
-                return Response::Denied(Denial::StaleRequest { seq, oldest_kept });
+                let denial = Denial::StaleRequest { seq, oldest_kept };
+                fx.events.push(Event::Denied { client, denial: denial.clone() });
+                return Response::Denied(denial);
             }
             Lookup::New => {}
         }
