@@ -197,21 +197,21 @@ impl State {
         self.last_index = meta.index;
         self.now_ms = self.now_ms.max(meta.now_ms);
         let mut fx = Effects::default();
+        // A new leader extends leases before anything expires, so the election gap never
+        // costs a client its checkout.
+        let extended = match command {
+            Command::LeaderChange { .. } => self.extend_leases(),
+            _ => 0,
+        };
+        let expired = self.expire_due(&mut fx);
+        self.drain_queue(&mut fx);
         let response = match command {
-            Command::Tick => {
-                let expired = self.expire_due(&mut fx);
-                Response::Ticked { expired }
-            }
+            Command::Tick => Response::Ticked { expired },
             Command::LeaderChange { leader } => {
-                let extended = self.extend_leases();
                 fx.events.push(Event::LeasesExtended { leader, count: extended });
                 Response::LeaderChanged { extended }
             }
-            Command::Request(request) => {
-                self.expire_due(&mut fx);
-                self.drain_queue(&mut fx);
-                self.request(request, &mut fx)
-            }
+            Command::Request(request) => self.request(request, &mut fx),
         };
         self.drain_queue(&mut fx);
         for feature in &fx.touched {

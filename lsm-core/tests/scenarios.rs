@@ -93,7 +93,7 @@ impl goldenscript::Runner for Runner {
                 let feature: FeatureName = args.pos()?.parse()?;
                 let cost = match args.key("cost").as_deref() {
                     None => CostRule::default(),
-                    Some(spec) => parse_cost(&spec)?,
+                    Some(spec) => parse_cost(spec)?,
                 };
                 self.pending.entitlements.push(Entitlement {
                     feature,
