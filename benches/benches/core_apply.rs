@@ -8,6 +8,8 @@
 //! cargo bench -p lsm-benches --bench core_apply -- --warm-up-time 1 --measurement-time 3
 //! # One group only:
 //! cargo bench -p lsm-benches --bench core_apply -- apply_pair
+//! # Other live checkout counts (the setup of 1,000,000 takes several seconds):
+//! LSM_BENCH_LIVE=1000000 cargo bench -p lsm-benches --bench core_apply -- apply_pair
 //! ```
 //!
 //! The fixture installs one feature with 10,000,000 tokens and grants `live` checkouts of
@@ -208,10 +210,22 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The live checkout counts of `apply_pair`: 1,000, 10,000 and 100,000, or the
+/// comma-separated list in `LSM_BENCH_LIVE` (for example `1000000` for a longer setup).
+fn live_counts() -> Vec<u64> {
+    match std::env::var("LSM_BENCH_LIVE") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.trim().replace('_', "").parse().expect("LSM_BENCH_LIVE: numbers"))
+            .collect(),
+        Err(_) => vec![1_000, 10_000, 100_000],
+    }
+}
+
 fn apply_pair(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply_pair");
     group.throughput(Throughput::Elements(1));
-    for live in [1_000u64, 10_000, 100_000] {
+    for live in live_counts() {
         let mut workload = Workload::new(live);
         let mut state = workload.build();
         group.bench_function(BenchmarkId::from_parameter(live), |b| {
