@@ -76,21 +76,21 @@ impl State {
                     format!("feature {} is asked for twice; merge the items", item.feature),
                 ));
             }
-            let field = format!("items[{i}].demand");
+            let field = || format!("items[{i}].demand");
             match item.demand {
-                Demand::Tokens(0) => return Err(Denial::bad(field, "ask for at least 1 token")),
+                Demand::Tokens(0) => return Err(Denial::bad(field(), "ask for at least 1 token")),
                 Demand::Tokens(n) if n > limits.max_tokens_per_request => {
                     return Err(Denial::bad(
-                        field,
+                        field(),
                         format!("{n} tokens; the limit is {}", limits.max_tokens_per_request),
                     ));
                 }
                 Demand::Cores { cores: 0, .. } => {
-                    return Err(Denial::bad(field, "ask for at least 1 core"));
+                    return Err(Denial::bad(field(), "ask for at least 1 core"));
                 }
                 Demand::Cores { cores, .. } if cores > limits.max_cores_per_request => {
                     return Err(Denial::bad(
-                        field,
+                        field(),
                         format!("{cores} cores; the limit is {}", limits.max_cores_per_request),
                     ));
                 }
@@ -244,7 +244,7 @@ impl State {
             user: req.user,
             host: req.host,
             job: req.job,
-            items,
+            items: items.into(),
             granted_at_ms: now,
             lease_ttl_ms,
             lease_expires_at_ms,
@@ -263,7 +263,7 @@ impl State {
         let grant = grant_of(&checkout);
         self.index.leases.insert((lease_expires_at_ms, id));
         self.checkouts.insert(id, checkout);
-        self.load_mut(&client).checkouts += 1;
+        self.adjust_load(&client, |l| l.checkouts += 1);
         grant
     }
 
@@ -338,7 +338,7 @@ impl State {
             fx.freed_all = true;
         }
         self.index.leases.remove(&(checkout.lease_expires_at_ms, id));
-        for item in &checkout.items {
+        for item in checkout.items.iter().filter(|i| i.tokens > 0) {
             if let Some(feature) = self.features.get_mut(&item.feature) {
                 let pool = feature.pools.iter().position(|p| p.spec.name == item.pool);
                 feature.give_back(pool.expect("a held pool is never dropped"), item.tokens);
@@ -351,8 +351,7 @@ impl State {
             fx.touched.insert(item.feature.clone());
             fx.freed.insert(item.feature.clone());
         }
-        self.load_mut(&checkout.client).checkouts -= 1;
-        self.settle_load(&checkout.client);
+        self.adjust_load(&checkout.client, |l| l.checkouts -= 1);
         fx.events.push(Event::Ended { id, items: checkout.items, end: end.clone() });
         self.bury(id, end);
     }

@@ -53,6 +53,7 @@ impl State {
         let count = licensed.len() as u64;
         self.features = features;
         self.policy = policy;
+        self.rebuild_index();
         fx.events.push(Event::Installed { features: licensed });
         Response::Installed { features: count }
     }

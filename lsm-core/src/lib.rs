@@ -69,6 +69,7 @@ mod response;
 mod rules;
 pub mod session;
 mod snapshot;
+mod sorted;
 mod state;
 
 pub use command::{CheckoutRequest, Command, Item, MAX_REASON_LEN, Meta, Op, Request, Wait};

@@ -56,7 +56,7 @@ impl State {
             self.index.queue_by_feature.entry(item.feature.clone()).or_default().insert(id);
         }
         self.waiters.insert(id, waiter);
-        self.load_mut(client).queued += 1;
+        self.adjust_load(client, |l| l.queued += 1);
         let position = self.position(id);
         fx.events.push(Event::Queued { id, client: client.clone(), position });
         Response::Queued(Queued { id, position, wait_expires_at_ms })
@@ -92,8 +92,7 @@ impl State {
                 }
             }
         }
-        self.load_mut(&waiter.client).queued -= 1;
-        self.settle_load(&waiter.client);
+        self.adjust_load(&waiter.client, |l| l.queued -= 1);
         Some(waiter)
     }
 

@@ -5,6 +5,8 @@
 //! audit or usage log needs (grants, releases, expiries, revocations, denials, queue
 //! changes); the server writes them, the state machine only reports them.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CheckoutId, ClientId, FeatureName, HostName, JobId, PoolName, UserName};
@@ -63,7 +65,7 @@ pub struct Grant {
     /// resource guarded by licenses can refuse a holder older than one it has seen.
     pub fence: u64,
     /// Tokens granted, per feature.
-    pub items: Vec<GrantedItem>,
+    pub items: Arc<[GrantedItem]>,
     /// The lease ends at this time unless renewed.
     pub lease_expires_at_ms: u64,
     /// True for an offline borrow (no heartbeats needed until the lease ends).
@@ -338,7 +340,7 @@ pub enum Event {
         /// The job.
         job: Option<JobId>,
         /// Tokens per feature.
-        items: Vec<GrantedItem>,
+        items: Arc<[GrantedItem]>,
         /// True when granted from the queue.
         from_queue: bool,
     },
@@ -347,7 +349,7 @@ pub enum Event {
         /// The checkout.
         id: CheckoutId,
         /// Tokens per feature that came back.
-        items: Vec<GrantedItem>,
+        items: Arc<[GrantedItem]>,
         /// How it ended.
         end: End,
     },

@@ -2,8 +2,9 @@
 //!
 //! Rules are checked per feature in a fixed order: exclude (any matching exclude refuses),
 //! include (once a feature has an include rule, only matching subjects may use it), then
-//! every max rule that matches the requester. Usage for max rules is kept per feature and
-//! user and per feature and host; group limits add up their members.
+//! every max rule that matches the requester. For features with max rules, usage is kept
+//! per feature and user and per feature and host (a derived index, rebuilt when the policy
+//! changes); group limits add up their members.
 
 use crate::command::Item;
 use crate::ids::{FeatureName, HostName, UserName};
@@ -130,10 +131,10 @@ impl State {
         host: &HostName,
     ) -> u64 {
         let by_user = |u: &UserName| {
-            self.held_by_user.get(&(feature.clone(), u.clone())).copied().unwrap_or(0)
+            self.index.held_by_user.get(&(feature.clone(), u.clone())).copied().unwrap_or(0)
         };
         let by_host = |h: &HostName| {
-            self.held_by_host.get(&(feature.clone(), h.clone())).copied().unwrap_or(0)
+            self.index.held_by_host.get(&(feature.clone(), h.clone())).copied().unwrap_or(0)
         };
         match subject {
             Subject::User(_) | Subject::EachUser => by_user(user),
@@ -147,7 +148,7 @@ impl State {
         }
     }
 
-    /// Counts tokens granted to `user`@`host`.
+    /// Counts tokens granted to `user`@`host`, for features with max rules.
     pub(crate) fn add_held(
         &mut self,
         feature: &FeatureName,
@@ -155,14 +156,14 @@ impl State {
         host: &HostName,
         tokens: u64,
     ) {
-        if tokens == 0 {
+        if tokens == 0 || !self.index.limited.contains(feature) {
             return;
         }
-        *self.held_by_user.entry((feature.clone(), user.clone())).or_default() += tokens;
-        *self.held_by_host.entry((feature.clone(), host.clone())).or_default() += tokens;
+        *self.index.held_by_user.entry((feature.clone(), user.clone())).or_default() += tokens;
+        *self.index.held_by_host.entry((feature.clone(), host.clone())).or_default() += tokens;
     }
 
-    /// Uncounts tokens returned by `user`@`host`.
+    /// Uncounts tokens returned by `user`@`host`, for features with max rules.
     pub(crate) fn sub_held(
         &mut self,
         feature: &FeatureName,
@@ -170,21 +171,21 @@ impl State {
         host: &HostName,
         tokens: u64,
     ) {
-        if tokens == 0 {
+        if tokens == 0 || !self.index.limited.contains(feature) {
             return;
         }
         let key = (feature.clone(), user.clone());
-        if let Some(n) = self.held_by_user.get_mut(&key) {
+        if let Some(n) = self.index.held_by_user.get_mut(&key) {
             *n -= tokens;
             if *n == 0 {
-                self.held_by_user.remove(&key);
+                self.index.held_by_user.remove(&key);
             }
         }
         let key = (feature.clone(), host.clone());
-        if let Some(n) = self.held_by_host.get_mut(&key) {
+        if let Some(n) = self.index.held_by_host.get_mut(&key) {
             *n -= tokens;
             if *n == 0 {
-                self.held_by_host.remove(&key);
+                self.index.held_by_host.remove(&key);
             }
         }
     }

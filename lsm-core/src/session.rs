@@ -16,8 +16,9 @@
 //! A client that retries within the idle TTL and is not crowded out by `max_sessions` newer
 //! clients is therefore answered exactly once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::ClientId;
@@ -32,19 +33,21 @@ pub struct Session {
     pub last_seen_index: u64,
     /// Requests below this number are no longer answered from the table.
     pub floor: u64,
-    /// Kept replies by sequence number.
-    pub replies: BTreeMap<u64, Response>,
+    /// Kept replies, ordered by sequence number. A client usually has one or two, so a
+    /// sorted vector is smaller and faster than a map.
+    pub replies: Vec<(u64, Response)>,
 }
 
 /// The session table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sessions {
-    sessions: BTreeMap<ClientId, Session>,
-    /// Index of `(last_seen_index, client)`, least recent first, for eviction; rebuilt on
-    /// restore. Replicated time never decreases as the index grows, so this is also the
-    /// order of `last_seen_ms`.
+    #[serde(with = "crate::sorted")]
+    sessions: FxHashMap<ClientId, Session>,
+    /// `(last_seen_index, client) -> last_seen_ms`, least recent first, for eviction and
+    /// idle expiry; rebuilt on restore. Replicated time never decreases as the index
+    /// grows, so this is also the order of `last_seen_ms`.
     #[serde(skip)]
-    by_age: BTreeSet<(u64, ClientId)>,
+    by_age: BTreeMap<(u64, ClientId), u64>,
 }
 
 /// What the table says about an incoming request.
@@ -78,16 +81,18 @@ impl Sessions {
 
     /// Rebuilds the age index after a restore.
     pub fn rebuild_index(&mut self) {
-        self.by_age = self.sessions.iter().map(|(c, s)| (s.last_seen_index, c.clone())).collect();
+        self.by_age = (self.sessions.iter())
+            .map(|(c, s)| ((s.last_seen_index, c.clone()), s.last_seen_ms))
+            .collect();
     }
 
     /// Drops sessions idle for longer than `idle_ttl_ms` at time `now_ms`.
     pub fn expire(&mut self, now_ms: u64, idle_ttl_ms: u64) {
-        while let Some((_, client)) = self.by_age.first() {
-            if self.sessions[client].last_seen_ms.saturating_add(idle_ttl_ms) > now_ms {
+        while let Some((_, &seen)) = self.by_age.first_key_value() {
+            if seen.saturating_add(idle_ttl_ms) > now_ms {
                 break;
             }
-            let (_, client) = self.by_age.pop_first().expect("first exists");
+            let ((_, client), _) = self.by_age.pop_first().expect("first exists");
             self.sessions.remove(&client);
         }
     }
@@ -102,35 +107,37 @@ impl Sessions {
         (index, now_ms): (u64, u64),
         max_sessions: u64,
     ) -> Lookup {
-        if !self.sessions.contains_key(client) {
-            while self.sessions.len() as u64 >= max_sessions.max(1) {
-                let (_, oldest) = self.by_age.pop_first().expect("index matches table");
-                self.sessions.remove(&oldest);
+        let session = match self.sessions.get_mut(client) {
+            Some(session) => {
+                if session.last_seen_index != index {
+                    self.by_age.remove(&(session.last_seen_index, client.clone()));
+                    self.by_age.insert((index, client.clone()), now_ms);
+                }
+                session.last_seen_index = index;
+                session.last_seen_ms = now_ms;
+                session
             }
-            let session = Session {
-                last_seen_ms: now_ms,
-                last_seen_index: index,
-                floor: 0,
-                replies: BTreeMap::new(),
-            };
-            self.sessions.insert(client.clone(), session);
-            self.by_age.insert((index, client.clone()));
-        }
-        let session = self.sessions.get_mut(client).expect("inserted above");
-        session.last_seen_ms = now_ms;
-        if session.last_seen_index != index {
-            self.by_age.remove(&(session.last_seen_index, client.clone()));
-            session.last_seen_index = index;
-            self.by_age.insert((index, client.clone()));
-        }
+            None => {
+                while self.sessions.len() as u64 >= max_sessions.max(1) {
+                    let ((_, oldest), _) = self.by_age.pop_first().expect("index matches table");
+                    self.sessions.remove(&oldest);
+                }
+                self.by_age.insert((index, client.clone()), now_ms);
+                let session = Session {
+                    last_seen_ms: now_ms,
+                    last_seen_index: index,
+                    floor: 0,
+                    replies: Vec::new(),
+                };
+                self.sessions.entry(client.clone()).or_insert(session)
+            }
+        };
         if ack > session.floor {
             session.floor = ack;
-            while session.replies.first_key_value().is_some_and(|(&s, _)| s < ack) {
-                session.replies.pop_first();
-            }
+            session.replies.retain(|(s, _)| *s >= ack);
         }
-        if let Some(reply) = session.replies.get(&seq) {
-            return Lookup::Replay(reply.clone());
+        if let Ok(at) = session.replies.binary_search_by_key(&seq, |(s, _)| *s) {
+            return Lookup::Replay(session.replies[at].1.clone());
         }
         if seq < session.floor {
             return Lookup::Stale { oldest_kept: session.floor };
@@ -141,22 +148,27 @@ impl Sessions {
     /// Keeps the reply to a new request, dropping the oldest beyond `max_replies`.
     pub fn record(&mut self, client: &ClientId, seq: u64, reply: &Response, max_replies: u64) {
         let Some(session) = self.sessions.get_mut(client) else { return };
-        session.replies.insert(seq, reply.clone());
-        while session.replies.len() as u64 > max_replies.max(1) {
-            let (oldest, _) = session.replies.pop_first().expect("non-empty");
-            session.floor = session.floor.max(oldest + 1);
+        let at = session.replies.partition_point(|(s, _)| *s < seq);
+        session.replies.insert(at, (seq, reply.clone()));
+        let excess = session.replies.len().saturating_sub(max_replies.max(1) as usize);
+        if excess > 0 {
+            let oldest_kept = session.replies[excess].0;
+            session.replies.drain(..excess);
+            session.floor = session.floor.max(oldest_kept);
         }
     }
 
     /// Checks that the age index matches the table.
     pub fn check(&self) -> Result<(), String> {
+        let matches = |(c, s): (&ClientId, &Session)| {
+            self.by_age.get(&(s.last_seen_index, c.clone())) == Some(&s.last_seen_ms)
+        };
+        let sorted = |s: &Session| s.replies.windows(2).all(|w| w[0].0 < w[1].0);
         if self.by_age.len() != self.sessions.len()
-            || self
-                .sessions
-                .iter()
-                .any(|(c, s)| !self.by_age.contains(&(s.last_seen_index, c.clone())))
+            || !self.sessions.iter().all(matches)
+            || !self.sessions.values().all(sorted)
         {
-            return Err("session age index does not match the session table".into());
+            return Err("session age index or replies do not match the session table".into());
         }
         Ok(())
     }

@@ -7,9 +7,13 @@
 //! states on every node. The operations themselves live in `checkout.rs`, `queue.rs` and
 //! `install.rs`; this file holds the tables, time and the dispatch.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::command::{CheckoutRequest, Command, Meta, Op, Request};
 use crate::error::Error;
@@ -41,11 +45,8 @@ pub struct State {
     pub(crate) tombstones: BTreeMap<CheckoutId, End>,
     pub(crate) sessions: Sessions,
     /// Live checkouts and queued requests per client.
-    pub(crate) clients: BTreeMap<ClientId, ClientLoad>,
-    /// Tokens held per feature and user.
-    pub(crate) held_by_user: BTreeMap<(FeatureName, UserName), u64>,
-    /// Tokens held per feature and host.
-    pub(crate) held_by_host: BTreeMap<(FeatureName, HostName), u64>,
+    #[serde(with = "crate::sorted")]
+    pub(crate) clients: FxHashMap<ClientId, ClientLoad>,
     /// Derived indexes, rebuilt on restore.
     #[serde(skip)]
     pub(crate) index: Index,
@@ -62,6 +63,12 @@ pub(crate) struct Index {
     pub queue: BTreeSet<(u8, CheckoutId)>,
     /// Queued requests per feature.
     pub queue_by_feature: BTreeMap<FeatureName, BTreeSet<CheckoutId>>,
+    /// Features with max rules: only their usage per user and host is counted.
+    pub limited: BTreeSet<FeatureName>,
+    /// Tokens held per limited feature and user.
+    pub held_by_user: BTreeMap<(FeatureName, UserName), u64>,
+    /// Tokens held per limited feature and host.
+    pub held_by_host: BTreeMap<(FeatureName, HostName), u64>,
 }
 
 /// A live checkout.
@@ -79,8 +86,8 @@ pub struct Checkout {
     pub host: HostName,
     /// The job.
     pub job: Option<JobId>,
-    /// Tokens per feature.
-    pub items: Vec<GrantedItem>,
+    /// Tokens per feature, shared with the grant, its event and the session's reply.
+    pub items: Arc<[GrantedItem]>,
     /// When it was granted.
     pub granted_at_ms: u64,
     /// The lease length renewed by each heartbeat (0 for an offline borrow).
@@ -127,11 +134,42 @@ pub struct ClientLoad {
 pub(crate) struct Effects {
     pub events: Vec<Event>,
     /// Features whose tokens or configuration changed.
-    pub touched: BTreeSet<FeatureName>,
+    pub touched: FeatureSet,
     /// Features with tokens that came free (the queue may now be served).
-    pub freed: BTreeSet<FeatureName>,
+    pub freed: FeatureSet,
     /// Something freed that any waiter may use (a global limit, a new license).
     pub freed_all: bool,
+}
+
+/// A small set of feature names: one `apply` touches one or a few features, so a vector
+/// kept inline is cheaper than a tree.
+#[derive(Default)]
+pub(crate) struct FeatureSet(SmallVec<[FeatureName; 2]>);
+
+impl FeatureSet {
+    pub fn insert(&mut self, feature: FeatureName) {
+        if !self.contains(&feature) {
+            self.0.push(feature);
+        }
+    }
+
+    pub fn contains(&self, feature: &FeatureName) -> bool {
+        self.0.contains(feature)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &FeatureName> {
+        self.0.iter()
+    }
+}
+
+impl Extend<FeatureName> for FeatureSet {
+    fn extend<I: IntoIterator<Item = FeatureName>>(&mut self, features: I) {
+        features.into_iter().for_each(|f| self.insert(f));
+    }
 }
 
 impl Default for State {
@@ -155,9 +193,7 @@ impl State {
             waiters: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             sessions: Sessions::default(),
-            clients: BTreeMap::new(),
-            held_by_user: BTreeMap::new(),
-            held_by_host: BTreeMap::new(),
+            clients: FxHashMap::default(),
             index: Index::default(),
         }
     }
@@ -214,7 +250,7 @@ impl State {
             Command::Request(request) => self.request(request, &mut fx),
         };
         self.drain_queue(&mut fx);
-        for feature in &fx.touched {
+        for feature in fx.touched.iter() {
             if let Some(state) = self.features.get(feature) {
                 state.check().map_err(Error::Invariant)?;
             }
@@ -304,8 +340,21 @@ impl State {
     /// Rebuilds the derived indexes from the tables.
     pub(crate) fn rebuild_index(&mut self) {
         let mut index = Index::default();
+        for rule in &self.policy.rules {
+            if let crate::license::Rule::Max { feature, .. } = rule {
+                index.limited.insert(feature.clone());
+            }
+        }
         for c in self.checkouts.values() {
             index.leases.insert((c.lease_expires_at_ms, c.id));
+            for item in c.items.iter().filter(|i| i.tokens > 0) {
+                if index.limited.contains(&item.feature) {
+                    let user = (item.feature.clone(), c.user.clone());
+                    *index.held_by_user.entry(user).or_default() += item.tokens;
+                    let host = (item.feature.clone(), c.host.clone());
+                    *index.held_by_host.entry(host).or_default() += item.tokens;
+                }
+            }
         }
         for w in self.waiters.values() {
             index.waits.insert((w.wait_expires_at_ms, w.id));
@@ -345,14 +394,20 @@ impl State {
         }
     }
 
-    pub(crate) fn load_mut(&mut self, client: &ClientId) -> &mut ClientLoad {
-        self.clients.entry(client.clone()).or_default()
-    }
-
-    /// Drops a client's load entry once it holds and waits for nothing.
-    pub(crate) fn settle_load(&mut self, client: &ClientId) {
-        if self.clients.get(client).is_some_and(|l| l.checkouts == 0 && l.queued == 0) {
-            self.clients.remove(client);
+    /// Changes a client's load with one lookup, dropping the entry once it is empty.
+    pub(crate) fn adjust_load(&mut self, client: &ClientId, change: impl FnOnce(&mut ClientLoad)) {
+        match self.clients.entry(client.clone()) {
+            Entry::Occupied(mut entry) => {
+                change(entry.get_mut());
+                if *entry.get() == ClientLoad::default() {
+                    entry.remove();
+                }
+            }
+            Entry::Vacant(entry) => {
+                let mut load = ClientLoad::default();
+                change(&mut load);
+                entry.insert(load);
+            }
         }
     }
 }
