@@ -42,7 +42,9 @@ impl State {
             Ok(planned) => planned,
             Err(denial) => {
                 return match req.wait {
-                    Some(wait) if denial.is_transient() => self.enqueue(client, req, wait, fx),
+                    Some(wait) if denial.is_transient() => {
+                        self.enqueue(client, req, wait, &denial, fx)
+                    }
                     _ => Response::Denied(denial),
                 };
             }
@@ -51,7 +53,7 @@ impl State {
             return Response::Denied(Denial::limit("max_checkouts", self.limits.max_checkouts));
         }
         let id = self.allocate_id();
-        self.note_bypass(&req);
+        self.bypass(&planned, None);
         let grant = self.commit_grant(id, client.clone(), req, planned, false, fx);
         Response::Granted(grant)
     }
@@ -200,13 +202,14 @@ impl State {
         for (feature, pool, tokens) in sized {
             let name = feature.name();
             self.check_max(name, &req.user, &req.host, tokens)?;
+            let alloc = feature.plan(pool, tokens)?;
+            let plan = Planned { feature: name.clone(), pool, tokens, alloc };
             if waiter.is_none()
-                && let Some(blocker) = self.blocking_waiter(name)
+                && let Some(blocker) = self.blocking_waiter(&plan)
             {
                 return Err(Denial::QueueBlocked { feature: name.clone(), waiter: blocker });
             }
-            let alloc = feature.plan(pool, tokens)?;
-            planned.push(Planned { feature: name.clone(), pool, tokens, alloc });
+            planned.push(plan);
         }
         Ok(planned)
     }

@@ -294,7 +294,7 @@ impl State {
             items: w.request.items.clone(),
             priority: w.priority,
             bypassed: w.bypassed,
-            blocking: w.bypassed >= self.limits.max_queue_bypass,
+            blocking: w.short_of_tokens && w.bypassed >= self.limits.max_queue_bypass,
             queued_at_ms: w.queued_at_ms,
             wait_expires_at_ms: w.wait_expires_at_ms,
         }

@@ -4,29 +4,38 @@
 //! feature come free, the same `apply` walks the queue in order and grants every waiter
 //! that now fits, so a freed token goes to the queue before any later request.
 //!
-//! A small request may be granted past a larger one that does not fit yet; that is a
-//! bypass, and the larger waiter counts it. Anti-starvation rule: once a waiter has been
-//! bypassed `max_queue_bypass` times, no later request (queued or new) may take tokens of
-//! any of its features until it is granted or leaves the queue. A new request refused for
-//! that reason gets `QueueBlocked`, which is transient, so it may queue behind.
+//! A small request may be granted past a larger one that does not fit yet. Such a grant
+//! *competes* with the waiter when it takes tokens the waiter is waiting for: tokens of one
+//! of its features, from the waiter's own pool, or from the shared remainder or a lender.
+//! A grant served wholly from another pool's own reserve does not compete (reserves are
+//! guaranteed), and a waiter held back only by a max rule is waiting for its own user to
+//! release, not for tokens, so nothing competes with it.
+//!
+//! Anti-starvation rule: every competing grant counts as a bypass of the waiter. Once a
+//! waiter has been bypassed `max_queue_bypass` times, it blocks: no later request, queued
+//! or new, may be granted anything that competes with it until it is granted or leaves the
+//! queue. A new request refused for that reason gets `QueueBlocked`, which is transient, so
+//! it may queue behind.
 //!
 //! A waiter keeps its place only while its client polls it (a heartbeat on its id) within
 //! `poll_ttl_ms`; a waiter that stops polling is dropped.
 
 use std::collections::BTreeSet;
 
+use crate::checkout::Planned;
 use crate::command::{CheckoutRequest, Wait};
-use crate::ids::{CheckoutId, ClientId, FeatureName};
+use crate::ids::{CheckoutId, ClientId};
 use crate::response::{Denial, End, Event, Queued, Response};
 use crate::state::{Effects, State, Waiter};
 
 impl State {
-    /// Puts a request in the queue.
+    /// Puts a request that was refused for `denial` in the queue.
     pub(crate) fn enqueue(
         &mut self,
         client: &ClientId,
         request: CheckoutRequest,
         wait: Wait,
+        denial: &Denial,
         fx: &mut Effects,
     ) -> Response {
         let limits = &self.limits;
@@ -47,6 +56,7 @@ impl State {
             poll_ttl_ms: wait.poll_ttl_ms,
             wait_expires_at_ms,
             bypassed: 0,
+            short_of_tokens: short_of_tokens(denial),
             queued_at_ms: self.now_ms,
             request,
         };
@@ -99,7 +109,7 @@ impl State {
     /// Drops a waiter without a grant. Requests behind it may now be served.
     pub(crate) fn drop_waiter(&mut self, id: CheckoutId, end: End, fx: &mut Effects) {
         if let Some(waiter) = self.take_waiter(id) {
-            if waiter.bypassed >= self.limits.max_queue_bypass {
+            if self.is_blocking(&waiter) {
                 fx.freed.extend(waiter.request.items.iter().map(|i| i.feature.clone()));
             }
             fx.events.push(Event::Dequeued { id, end: end.clone() });
@@ -113,77 +123,112 @@ impl State {
         rank as u64 + 1
     }
 
-    /// A waiter that holds `feature` against later requests, if any.
-    pub(crate) fn blocking_waiter(&self, feature: &FeatureName) -> Option<CheckoutId> {
-        let ids = self.index.queue_by_feature.get(feature)?;
-        let limit = self.limits.max_queue_bypass;
-        ids.iter().copied().find(|id| self.waiters[id].bypassed >= limit)
+    /// Whether a grant planned as `plan` takes tokens that waiter `w` is waiting for.
+    fn competes(&self, w: &Waiter, plan: &Planned) -> bool {
+        if !w.short_of_tokens {
+            return false;
+        }
+        let Some(item) = w.request.items.iter().find(|i| i.feature == plan.feature) else {
+            return false;
+        };
+        let Some(feature) = self.features.get(&plan.feature) else { return false };
+        let Ok(pool) = self.resolve_pool(feature, item) else { return false };
+        pool == plan.pool || plan.alloc.shared > 0 || !plan.alloc.borrowed.is_empty()
     }
 
-    /// Counts a bypass against every waiter sharing a feature with a new grant.
-    pub(crate) fn note_bypass(&mut self, req: &CheckoutRequest) {
+    /// True when `w` has been bypassed often enough to block competing grants.
+    fn is_blocking(&self, w: &Waiter) -> bool {
+        w.short_of_tokens && w.bypassed >= self.limits.max_queue_bypass
+    }
+
+    /// A blocking waiter that a grant planned as `plan` would compete with, if any.
+    pub(crate) fn blocking_waiter(&self, plan: &Planned) -> Option<CheckoutId> {
+        let ids = self.index.queue_by_feature.get(&plan.feature)?;
+        ids.iter().copied().find(|id| {
+            let w = &self.waiters[id];
+            self.is_blocking(w) && self.competes(w, plan)
+        })
+    }
+
+    /// Counts a bypass against every waiter (of `only`, if given) that a grant planned as
+    /// `planned` competes with. Returns the waiters that start blocking because of it.
+    pub(crate) fn bypass(
+        &mut self,
+        planned: &[Planned],
+        only: Option<&BTreeSet<CheckoutId>>,
+    ) -> Vec<CheckoutId> {
         if self.waiters.is_empty() {
-            return;
+            return Vec::new();
         }
-        let mut bypassed = BTreeSet::new();
-        for item in &req.items {
-            if let Some(ids) = self.index.queue_by_feature.get(&item.feature) {
-                bypassed.extend(ids.iter().copied());
+        let mut passed = BTreeSet::new();
+        for plan in planned {
+            let Some(ids) = self.index.queue_by_feature.get(&plan.feature) else { continue };
+            for id in ids {
+                if only.is_none_or(|o| o.contains(id)) && self.competes(&self.waiters[id], plan) {
+                    passed.insert(*id);
+                }
             }
         }
-        for id in bypassed {
-            if let Some(waiter) = self.waiters.get_mut(&id) {
-                waiter.bypassed = waiter.bypassed.saturating_add(1);
+        let mut now_blocking = Vec::new();
+        for id in passed {
+            let waiter = self.waiters.get_mut(&id).expect("indexed waiter exists");
+            waiter.bypassed = waiter.bypassed.saturating_add(1);
+            if waiter.bypassed == self.limits.max_queue_bypass {
+                now_blocking.push(id);
             }
         }
+        now_blocking
     }
 
-    /// Grants every waiter that fits now, in queue order, honouring blocking waiters.
-    /// Only waiters of features that came free are considered.
+    /// Grants every waiter that fits now, in queue order, unless a blocking waiter ahead of
+    /// it would be passed. Only waiters of features that came free are tried.
     pub(crate) fn drain_queue(&mut self, fx: &mut Effects) {
         if self.waiters.is_empty() || (fx.freed.is_empty() && !fx.freed_all) {
             return;
         }
         let order: Vec<CheckoutId> = self.index.queue.iter().map(|&(_, id)| id).collect();
-        let mut blocked: BTreeSet<FeatureName> = BTreeSet::new();
-        let mut pending: Vec<CheckoutId> = Vec::new();
+        let mut pending = BTreeSet::new();
+        let mut blockers: Vec<CheckoutId> = Vec::new();
         for id in order {
             let waiter = &self.waiters[&id];
-            let features: Vec<FeatureName> =
-                waiter.request.items.iter().map(|i| i.feature.clone()).collect();
-            let dirty = fx.freed_all || features.iter().any(|f| fx.freed.contains(f));
-            if !dirty || features.iter().any(|f| blocked.contains(f)) {
-                if waiter.bypassed >= self.limits.max_queue_bypass {
-                    blocked.extend(features);
-                }
-                pending.push(id);
-                continue;
-            }
-            match self.plan_checkout(&waiter.request, Some(id)) {
-                Ok(planned) if (self.checkouts.len() as u64) < self.limits.max_checkouts => {
-                    let waiter = self.take_waiter(id).expect("waiter is queued");
-                    for &other in &pending {
-                        let w = self.waiters.get_mut(&other).expect("pending is queued");
-                        if w.request.items.iter().any(|i| features.contains(&i.feature)) {
-                            w.bypassed = w.bypassed.saturating_add(1);
-                            if w.bypassed >= self.limits.max_queue_bypass {
-                                blocked.extend(w.request.items.iter().map(|i| i.feature.clone()));
-                            }
+            let dirty =
+                fx.freed_all || waiter.request.items.iter().any(|i| fx.freed.contains(&i.feature));
+            if dirty {
+                match self.plan_checkout(&waiter.request, Some(id)) {
+                    Ok(planned) => {
+                        let blocked = blockers.iter().any(|b| {
+                            planned.iter().any(|plan| self.competes(&self.waiters[b], plan))
+                        });
+                        if blocked {
+                            self.waiters.get_mut(&id).expect("queued").short_of_tokens = true;
+                        } else if (self.checkouts.len() as u64) < self.limits.max_checkouts {
+                            blockers.extend(self.bypass(&planned, Some(&pending)));
+                            let waiter = self.take_waiter(id).expect("waiter is queued");
+                            self.commit_grant(id, waiter.client, waiter.request, planned, true, fx);
+                            continue;
+                        } else {
+                            break;
                         }
                     }
-                    self.commit_grant(id, waiter.client, waiter.request, planned, true, fx);
-                }
-                Ok(_) => break,
-                Err(denial) if !denial.is_transient() => {
-                    self.drop_waiter(id, End::QueueDenied(Box::new(denial)), fx);
-                }
-                Err(_) => {
-                    if self.waiters[&id].bypassed >= self.limits.max_queue_bypass {
-                        blocked.extend(features);
+                    Err(denial) if !denial.is_transient() => {
+                        self.drop_waiter(id, End::QueueDenied(Box::new(denial)), fx);
+                        continue;
                     }
-                    pending.push(id);
+                    Err(denial) => {
+                        let short = short_of_tokens(&denial);
+                        self.waiters.get_mut(&id).expect("queued").short_of_tokens = short;
+                    }
                 }
+            }
+            pending.insert(id);
+            if self.is_blocking(&self.waiters[&id]) {
+                blockers.push(id);
             }
         }
     }
+}
+
+/// True when a transient refusal is for want of tokens rather than a max rule.
+fn short_of_tokens(denial: &Denial) -> bool {
+    !matches!(denial, Denial::OverLimit { .. })
 }

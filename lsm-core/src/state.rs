@@ -113,8 +113,11 @@ pub struct Waiter {
     pub poll_ttl_ms: u64,
     /// It leaves the queue at this time unless polled.
     pub wait_expires_at_ms: u64,
-    /// How many later requests for its features were granted while it waited.
+    /// How many later grants took tokens it was waiting for.
     pub bypassed: u32,
+    /// Its last refusal was for want of tokens (not a max rule), so grants to others can
+    /// pass it and, after `max_queue_bypass` of them, it blocks (see `queue.rs`).
+    pub short_of_tokens: bool,
     /// When it joined the queue.
     pub queued_at_ms: u64,
 }
