@@ -391,7 +391,7 @@ pub enum Event {
 }
 
 /// The result of one `apply`: the answer for the caller and the events for the log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Output {
     /// The answer for the client who sent the command.
     pub response: Response,

@@ -1,1 +1,9 @@
-//! lsm-raft: not built yet; see the open issues for its scope.
+//! lsm-raft: replicates `lsm_core::State` across nodes with openraft.
+//!
+//! Not finished yet; see the open issue for its scope.
+
+pub mod backend;
+pub mod clock;
+pub mod log_store;
+pub mod state_machine;
+pub mod types;

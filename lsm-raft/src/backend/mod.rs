@@ -1,0 +1,66 @@
+//! Storage backends: the small durable store the Raft glue is written against.
+//!
+//! The log store and state machine never touch sled directly; they use [`Backend`], so a
+//! second engine can be swapped in without touching the Raft glue. Two exist:
+//!
+//! - [`SledBackend`]: sled on disk, the production backend.
+//! - [`MemoryBackend`]: in memory, with a crash model: writes are pending until
+//!   [`Backend::flush`], and [`MemoryBackend::crash`] returns what a restarted node would
+//!   find on disk, losing exactly what was never flushed. Used by simulation tests.
+//!
+//! The durability contract, which both honour:
+//! - `append`, `truncate_from`, `purge_upto` and `put_meta` are visible to reads at once
+//!   and durable after the next `flush` returns;
+//! - `put_meta_durable` and `save_snapshot` are durable when they return (and so is
+//!   everything written before them);
+//! - `save_snapshot` replaces the previous snapshot atomically: a crash leaves either the
+//!   old one or the new one, whole.
+
+mod memory;
+mod sled_backend;
+
+pub use memory::MemoryBackend;
+pub use sled_backend::SledBackend;
+
+/// A storage failure: the node cannot go on safely.
+#[derive(Debug, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct BackendError(pub String);
+
+impl From<sled::Error> for BackendError {
+    fn from(e: sled::Error) -> Self {
+        BackendError(e.to_string())
+    }
+}
+
+/// Result of a backend call.
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// A log entry as stored: its index and its encoded bytes.
+pub type RawEntry = (u64, Vec<u8>);
+
+/// What the Raft glue needs from a durable store.
+pub trait Backend: Send + Sync + 'static {
+    /// A metadata value (vote, committed log id, last purged log id).
+    fn get_meta(&self, key: &str) -> BackendResult<Option<Vec<u8>>>;
+    /// Writes a metadata value; durable after the next flush.
+    fn put_meta(&self, key: &str, value: &[u8]) -> BackendResult<()>;
+    /// Writes a metadata value and makes it, and all earlier writes, durable.
+    fn put_meta_durable(&self, key: &str, value: &[u8]) -> BackendResult<()>;
+    /// Appends (or overwrites) log entries; durable after the next flush.
+    fn append(&self, entries: &[RawEntry]) -> BackendResult<()>;
+    /// Makes every earlier write durable. This is the fsync the log store batches.
+    fn flush(&self) -> BackendResult<()>;
+    /// Entries with `from <= index < to`, in index order.
+    fn entries(&self, from: u64, to: u64) -> BackendResult<Vec<RawEntry>>;
+    /// The entry with the highest index, if any.
+    fn last_entry(&self) -> BackendResult<Option<RawEntry>>;
+    /// Removes entries with `index >= from`.
+    fn truncate_from(&self, from: u64) -> BackendResult<()>;
+    /// Removes entries with `index <= upto`.
+    fn purge_upto(&self, upto: u64) -> BackendResult<()>;
+    /// Replaces the snapshot atomically and durably.
+    fn save_snapshot(&self, meta: &[u8], data: &[u8]) -> BackendResult<()>;
+    /// The current snapshot's metadata and data, if any.
+    fn load_snapshot(&self) -> BackendResult<Option<(Vec<u8>, Vec<u8>)>>;
+}

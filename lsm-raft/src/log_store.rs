@@ -1,0 +1,202 @@
+//! The Raft log on a [`Backend`], with group commit.
+//!
+//! `append` writes the entries to the backend at once (visible, not yet durable) and hands
+//! openraft's completion callback to a flusher task. The flusher takes every callback that
+//! is waiting, runs one `flush` (the fsync), and only then reports all of them complete.
+//! While one fsync runs, the appends that arrive queue up for the next, so one fsync covers
+//! every append that arrived meanwhile and throughput grows with load instead of paying one
+//! fsync per request. openraft treats an entry as durable on this node only once its
+//! callback reports it, so an entry is never counted towards a quorum before it is on disk.
+//!
+//! The vote is on disk before `save_vote` returns, and so is a truncation.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, RaftLogReader, StorageIOError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::backend::{Backend, BackendError};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// The Raft log store. Clones share the backend and the flusher.
+#[derive(Clone)]
+pub struct LogStore {
+    backend: Arc<dyn Backend>,
+    flushes: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    /// A log store on `backend`. Must be called inside a tokio runtime: it starts the
+    /// flusher task, which ends when the last clone of the store is dropped.
+    pub fn new(backend: Arc<dyn Backend>) -> LogStore {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flusher(backend.clone(), rx));
+        LogStore { backend, flushes: tx }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&dyn Backend) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || op(backend.as_ref()))
+            .await
+            .map_err(|e| BackendError(format!("storage task failed: {e}")))?
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
+        let bytes = self.backend.get_meta(key).map_err(read_err)?;
+        bytes.map(|b| postcard::from_bytes(&b).map_err(read_err)).transpose()
+    }
+}
+
+/// Runs one flush for every batch of waiting appends.
+async fn flusher(
+    backend: Arc<dyn Backend>,
+    mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let b = backend.clone();
+        let failure = match tokio::task::spawn_blocking(move || b.flush()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("flush task failed: {e}")),
+        };
+        if let Some(failure) = &failure {
+            tracing::error!(%failure, "log flush failed; entries are not durable");
+        }
+        for callback in batch {
+            callback.log_io_completed(match &failure {
+                None => Ok(()),
+                Some(message) => Err(io::Error::other(message.clone())),
+            });
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(value).map_err(write_err)
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(&i) => i.saturating_add(1),
+        Bound::Excluded(&i) => i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (from, to) = bounds(&range);
+        let raw = self.backend.entries(from, to).map_err(read_err)?;
+        raw.iter().map(|(_, bytes)| postcard::from_bytes(bytes).map_err(read_err)).collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.get(LAST_PURGED)?;
+        let last = self.backend.last_entry().map_err(read_err)?;
+        let last_log_id = match last {
+            Some((_, bytes)) => {
+                let entry: Entry = postcard::from_bytes(&bytes).map_err(read_err)?;
+                Some(entry.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let bytes = encode(vote)?;
+        self.blocking(move |b| b.put_meta_durable(VOTE, &bytes))
+            .await
+            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let bytes = encode(&committed)?;
+        self.backend.put_meta(COMMITTED, &bytes).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let raw = entries
+            .into_iter()
+            .map(|entry| Ok((entry.log_id.index, encode(&entry)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        self.backend.append(&raw).map_err(write_err)?;
+        self.flushes
+            .send(callback)
+            .map_err(|_| write_err(BackendError("the log flusher has stopped".into())))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let from = log_id.index;
+        self.blocking(move |b| {
+            b.truncate_from(from)?;
+            b.flush()
+        })
+        .await
+        .map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let bytes = encode(&log_id)?;
+        self.backend.put_meta(LAST_PURGED, &bytes).map_err(write_err)?;
+        self.backend.purge_upto(log_id.index).map_err(write_err)
+    }
+}
