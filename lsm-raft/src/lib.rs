@@ -4,6 +4,8 @@
 
 pub mod backend;
 pub mod clock;
+pub mod error;
 pub mod log_store;
+pub mod node;
 pub mod state_machine;
 pub mod types;

@@ -14,6 +14,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, RaftLogReader, StorageIOError};
@@ -33,6 +34,8 @@ const LAST_PURGED: &str = "last_purged";
 pub struct LogStore {
     backend: Arc<dyn Backend>,
     flushes: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    /// The last committed index plus one (0: none), for status reports.
+    committed: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -41,7 +44,16 @@ impl LogStore {
     pub fn new(backend: Arc<dyn Backend>) -> LogStore {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(flusher(backend.clone(), rx));
-        LogStore { backend, flushes: tx }
+        let store = LogStore { backend, flushes: tx, committed: Arc::default() };
+        if let Ok(Some(Some(committed))) = store.get::<Option<LogId>>(COMMITTED) {
+            store.committed.store(committed.index + 1, Ordering::Relaxed);
+        }
+        store
+    }
+
+    /// The last index this node knows to be committed.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.committed.load(Ordering::Relaxed).checked_sub(1)
     }
 
     async fn blocking<T: Send + 'static>(
@@ -158,7 +170,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let bytes = encode(&committed)?;
-        self.backend.put_meta(COMMITTED, &bytes).map_err(write_err)
+        self.backend.put_meta(COMMITTED, &bytes).map_err(write_err)?;
+        self.committed.store(committed.map_or(0, |c| c.index + 1), Ordering::Relaxed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

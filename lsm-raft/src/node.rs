@@ -1,0 +1,386 @@
+//! A running lsm node: openraft, the stores, the clock, and the node API the server uses.
+//!
+//! Writes are stamped with the leader's clock and replicated; the answer is the state
+//! machine's output once the entry is applied. On a follower a write answers
+//! [`Error::NotLeader`] with the leader's address (the server turns that into forwarding).
+//!
+//! Time is the leader's job. Before a new leader proposes anything else it commits a
+//! `LeaderChange`, which extends every live lease to a full TTL from its clock, so the
+//! time an election took never expires a client; and a background timekeeper proposes a
+//! `Tick` whenever the state's next expiry has passed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lsm_core::{Command, Limits, Output, State};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Config, RaftNetworkFactory, ServerState, SnapshotPolicy};
+use tokio::sync::{Mutex, Notify};
+use tokio::task::JoinHandle;
+
+use crate::backend::Backend;
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::log_store::LogStore;
+use crate::state_machine::StateMachineStore;
+use crate::types::{NodeId, Proposal, Raft, TypeConfig};
+
+/// Raft timing. The defaults give sub-second failover on a loaded two-core machine
+/// without spurious elections; `docs/ARCHITECTURE.md` explains the choice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// The leader sends a heartbeat this often.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no heartbeat for a random time in this range starts an
+    /// election.
+    pub election_min_ms: u64,
+    /// See `election_min_ms`.
+    pub election_max_ms: u64,
+    /// A snapshot is built after this many log entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// The timekeeper checks for due expiries at least this often.
+    pub tick_poll_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 100,
+            election_min_ms: 450,
+            election_max_ms: 900,
+            snapshot_after_entries: 20_000,
+            tick_poll_ms: 100,
+        }
+    }
+}
+
+/// What a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// The cluster's id; peers with another id are refused.
+    pub cluster_id: String,
+    /// The address peers and clients reach this node at (`host:port`).
+    pub addr: String,
+    /// Raft timing.
+    pub timing: Timing,
+    /// Limits for a fresh state (a restored state keeps its own).
+    pub limits: Limits,
+}
+
+/// One member of the cluster as the status reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: String,
+    /// A voter (true) or a learner (false).
+    pub voter: bool,
+    /// On the leader: the last log index known to be replicated to it.
+    pub matched_index: Option<u64>,
+    /// On the leader: how many entries it is behind the leader's log.
+    pub lag: Option<u64>,
+}
+
+/// The cluster as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This node's id.
+    pub id: NodeId,
+    /// Leader, Follower, Candidate or Learner.
+    pub role: String,
+    /// The current term.
+    pub term: u64,
+    /// The leader's id, if known.
+    pub leader: Option<NodeId>,
+    /// The last index in this node's log.
+    pub last_log_index: Option<u64>,
+    /// The last index this node knows to be committed.
+    pub commit_index: Option<u64>,
+    /// The last index applied to this node's state.
+    pub applied_index: Option<u64>,
+    /// The members.
+    pub members: Vec<Member>,
+}
+
+/// A running node.
+pub struct LsmNode {
+    id: NodeId,
+    addr: String,
+    raft: Raft,
+    sm: StateMachineStore,
+    log: LogStore,
+    clock: Arc<dyn Clock>,
+    /// The last term in which this node, as leader, committed its `LeaderChange`.
+    announced_term: AtomicU64,
+    announcing: Mutex<()>,
+    stop: Arc<Notify>,
+    timekeeper: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LsmNode {
+    /// Starts a node on `backend`, talking to peers through `network`.
+    pub async fn start<N>(
+        config: NodeConfig,
+        backend: Arc<dyn Backend>,
+        network: N,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<LsmNode>, Error>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
+        let t = &config.timing;
+        let raft_config = Config {
+            cluster_name: config.cluster_id.clone(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_min_ms,
+            election_timeout_max: t.election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let log = LogStore::new(backend.clone());
+        let sm = StateMachineStore::open(backend, config.limits.clone())
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log.clone(), sm.clone())
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))?;
+        let node = Arc::new(LsmNode {
+            id: config.id,
+            addr: config.addr,
+            raft,
+            sm,
+            log,
+            clock,
+            announced_term: AtomicU64::new(0),
+            announcing: Mutex::new(()),
+            stop: Arc::new(Notify::new()),
+            timekeeper: std::sync::Mutex::new(None),
+        });
+        let poll = Duration::from_millis(config.timing.tick_poll_ms.max(1));
+        let handle = tokio::spawn(timekeeper(Arc::downgrade(&node), node.stop.clone(), poll));
+        *node.timekeeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The openraft handle (for mounting the peer RPC endpoints).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Proposes `command` stamped with this node's clock, and returns the state
+    /// machine's output once it is applied. On a follower: [`Error::NotLeader`].
+    pub async fn write(&self, command: Command) -> Result<Output, Error> {
+        self.announce_leadership().await?;
+        self.propose(command).await
+    }
+
+    async fn propose(&self, command: Command) -> Result<Output, Error> {
+        let proposal = Proposal { now_ms: self.clock.now_ms(), command };
+        match self.raft.client_write(proposal).await {
+            Ok(response) => response
+                .data
+                .output
+                .ok_or_else(|| Error::Stopped("a command was applied without an output".into())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(Error::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(Error::Refused(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Error::Stopped(e.to_string())),
+        }
+    }
+
+    /// As a newly elected leader, commits a `LeaderChange` before anything else.
+    async fn announce_leadership(&self) -> Result<(), Error> {
+        let (leader, term) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        if !leader || self.announced_term.load(Ordering::SeqCst) >= term {
+            return Ok(());
+        }
+        let _one_at_a_time = self.announcing.lock().await;
+        if self.announced_term.load(Ordering::SeqCst) >= term {
+            return Ok(());
+        }
+        self.propose(Command::LeaderChange { leader: self.id }).await?;
+        self.announced_term.fetch_max(term, Ordering::SeqCst);
+        tracing::info!(node = self.id, term, "leader change committed; leases extended");
+        Ok(())
+    }
+
+    /// A linearizable read: confirms leadership with a quorum, waits until the state has
+    /// applied everything committed before the read, then runs `read` on it.
+    pub async fn read<T>(&self, read: impl FnOnce(&State) -> T) -> Result<T, Error> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(read(&self.sm.read().state)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(Error::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(Error::NoQuorum(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Error::Stopped(e.to_string())),
+        }
+    }
+
+    /// A fast local read of this node's state, possibly stale (for status pages).
+    pub fn read_local<T>(&self, read: impl FnOnce(&State) -> T) -> T {
+        read(&self.sm.read().state)
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last = m.last_log_index;
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|log_id| log_id.map_or(0, |l| l.index));
+                Member {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag: matched.zip(last).map(|(matched, last)| last.saturating_sub(matched)),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            id: self.id,
+            role: format!("{:?}", m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: last,
+            commit_index: self.log.committed_index(),
+            applied_index: m.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// The leader's address as this node knows it.
+    pub fn leader_addr(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node.addr))
+    }
+
+    /// Bootstraps a new cluster with these voters. Refused if this node's log already
+    /// holds a cluster.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> Result<(), Error> {
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            members.into_iter().map(|(id, addr)| (id, BasicNode::new(addr))).collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                Err(Error::AlreadyInitialized)
+            }
+            Err(RaftError::APIError(e)) => Err(Error::Refused(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Error::Stopped(e.to_string())),
+        }
+    }
+
+    /// Adds a learner and waits until it has caught up.
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), Error> {
+        let result = self.raft.add_learner(id, BasicNode::new(addr), true).await;
+        self.membership_result(result)
+    }
+
+    /// Makes `voters` the set of voters (joint consensus underneath). Nodes that are
+    /// dropped leave the cluster; new voters must have been added as learners first.
+    pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), Error> {
+        let result = self.raft.change_membership(voters, false).await;
+        self.membership_result(result)
+    }
+
+    fn membership_result<T>(
+        &self,
+        result: Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+    ) -> Result<(), Error> {
+        match result {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(Error::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(Error::Refused(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Error::Stopped(e.to_string())),
+        }
+    }
+
+    /// Builds a snapshot now.
+    pub async fn trigger_snapshot(&self) -> Result<(), Error> {
+        self.raft.trigger().snapshot().await.map_err(|e| Error::Stopped(e.to_string()))
+    }
+
+    /// Stops the timekeeper and Raft.
+    pub async fn shutdown(&self) {
+        self.stop.notify_waiters();
+        let handle = self.timekeeper.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            handle.abort();
+        }
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, node = self.id, "raft did not shut down cleanly");
+        }
+    }
+}
+
+/// Proposes `LeaderChange` after an election and `Tick` when an expiry is due, while this
+/// node leads.
+async fn timekeeper(node: std::sync::Weak<LsmNode>, stop: Arc<Notify>, poll: Duration) {
+    loop {
+        let wait = {
+            let Some(node) = node.upgrade() else { return };
+            let leading = node.raft.metrics().borrow().state == ServerState::Leader;
+            if leading {
+                let due = node.read_local(|s| s.next_expiry());
+                let now = node.clock.now_ms();
+                let result = match due {
+                    Some(at) if at <= now => node.write(Command::Tick).await.map(|_| ()),
+                    _ => node.announce_leadership().await,
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%error, node = node.id, "timekeeper could not propose");
+                }
+            }
+            poll
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.notified() => return,
+        }
+    }
+}
