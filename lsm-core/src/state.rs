@@ -230,11 +230,33 @@ impl State {
     /// Applies one committed command. A refusal is an `Ok` answer; `Err` means a bug or an
     /// out-of-order entry, and the node must stop.
     pub fn apply(&mut self, meta: Meta, command: Command) -> Result<Output, Error> {
+        self.advance(meta)?;
+        self.apply_one(command)
+    }
+
+    /// Applies the commands of one committed log entry, in order, all at the entry's
+    /// index and time. The replicator batches concurrent requests into one entry, so one
+    /// disk write and one round of replication carry them all.
+    pub fn apply_batch(
+        &mut self,
+        meta: Meta,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Output>, Error> {
+        self.advance(meta)?;
+        commands.into_iter().map(|command| self.apply_one(command)).collect()
+    }
+
+    /// Moves to a new log index and time.
+    fn advance(&mut self, meta: Meta) -> Result<(), Error> {
         if meta.index <= self.last_index {
             return Err(Error::OutOfOrder { last: self.last_index, got: meta.index });
         }
         self.last_index = meta.index;
         self.now_ms = self.now_ms.max(meta.now_ms);
+        Ok(())
+    }
+
+    fn apply_one(&mut self, command: Command) -> Result<Output, Error> {
         let mut fx = Effects::default();
         // A new leader extends leases before anything expires, so the election gap never
         // costs a client its checkout.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use lsm_core::{Command, Limits, Output, State};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, RaftNetworkFactory, ServerState, SnapshotPolicy};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
@@ -40,6 +40,9 @@ pub struct Timing {
     pub election_max_ms: u64,
     /// A snapshot is built after this many log entries since the last one.
     pub snapshot_after_entries: u64,
+    /// Log entries kept after a snapshot, so a briefly lagging follower catches up from
+    /// the log instead of a snapshot.
+    pub keep_after_snapshot: u64,
     /// The timekeeper checks for due expiries at least this often.
     pub tick_poll_ms: u64,
 }
@@ -51,6 +54,7 @@ impl Default for Timing {
             election_min_ms: 450,
             election_max_ms: 900,
             snapshot_after_entries: 20_000,
+            keep_after_snapshot: 1_000,
             tick_poll_ms: 100,
         }
     }
@@ -118,6 +122,7 @@ pub struct LsmNode {
     /// The last term in which this node, as leader, committed its `LeaderChange`.
     announced_term: AtomicU64,
     announcing: Mutex<()>,
+    batches: mpsc::Sender<Pending>,
     stop: Arc<Notify>,
     timekeeper: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -140,7 +145,7 @@ impl LsmNode {
             election_timeout_min: t.election_min_ms,
             election_timeout_max: t.election_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_entries),
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: t.keep_after_snapshot,
             ..Default::default()
         }
         .validate()
@@ -151,6 +156,7 @@ impl LsmNode {
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log.clone(), sm.clone())
             .await
             .map_err(|e| Error::Stopped(e.to_string()))?;
+        let (batches, queued) = mpsc::channel(MAX_QUEUED_WRITES);
         let node = Arc::new(LsmNode {
             id: config.id,
             addr: config.addr,
@@ -160,11 +166,13 @@ impl LsmNode {
             clock,
             announced_term: AtomicU64::new(0),
             announcing: Mutex::new(()),
+            batches,
             stop: Arc::new(Notify::new()),
             timekeeper: std::sync::Mutex::new(None),
         });
         let poll = Duration::from_millis(config.timing.tick_poll_ms.max(1));
         let handle = tokio::spawn(timekeeper(Arc::downgrade(&node), node.stop.clone(), poll));
+        tokio::spawn(batcher(Arc::downgrade(&node), queued));
         *node.timekeeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(node)
     }
@@ -186,18 +194,29 @@ impl LsmNode {
 
     /// Proposes `command` stamped with this node's clock, and returns the state
     /// machine's output once it is applied. On a follower: [`Error::NotLeader`].
+    ///
+    /// Concurrent writes are batched: they wait in a queue while earlier batches are in
+    /// flight, and the batcher proposes everything queued as one log entry, so one flush
+    /// and one replication round carry them all.
     pub async fn write(&self, command: Command) -> Result<Output, Error> {
-        self.announce_leadership().await?;
-        self.propose(command).await
+        let (reply, answer) = oneshot::channel();
+        self.batches
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| Error::Stopped("the node is shutting down".into()))?;
+        answer.await.map_err(|_| Error::Stopped("the node is shutting down".into()))?
     }
 
-    async fn propose(&self, command: Command) -> Result<Output, Error> {
-        let proposal = Proposal { now_ms: self.clock.now_ms(), command };
+    /// Proposes one batch as one log entry; one output per command.
+    async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Output>, Error> {
+        let count = commands.len();
+        let proposal = Proposal { now_ms: self.clock.now_ms(), commands };
         match self.raft.client_write(proposal).await {
-            Ok(response) => response
-                .data
-                .output
-                .ok_or_else(|| Error::Stopped("a command was applied without an output".into())),
+            Ok(response) if response.data.outputs.len() == count => Ok(response.data.outputs),
+            Ok(response) => Err(Error::Stopped(format!(
+                "{count} commands were applied with {} outputs",
+                response.data.outputs.len()
+            ))),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(Error::NotLeader {
                     leader_id: forward.leader_id,
@@ -223,7 +242,7 @@ impl LsmNode {
         if self.announced_term.load(Ordering::SeqCst) >= term {
             return Ok(());
         }
-        self.propose(Command::LeaderChange { leader: self.id }).await?;
+        self.propose(vec![Command::LeaderChange { leader: self.id }]).await?;
         self.announced_term.fetch_max(term, Ordering::SeqCst);
         tracing::info!(node = self.id, term, "leader change committed; leases extended");
         Ok(())
@@ -355,6 +374,59 @@ impl LsmNode {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, node = self.id, "raft did not shut down cleanly");
         }
+    }
+}
+
+/// A write waiting for its batch.
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<Output, Error>>,
+}
+
+/// Writes queued before the batcher stops taking more (callers then wait to enqueue).
+const MAX_QUEUED_WRITES: usize = 65_536;
+/// Most commands in one log entry.
+const MAX_BATCH: usize = 1_024;
+/// Batches proposed and not yet applied. openraft appends one entry at a time, so two in
+/// flight keep the disk busy while the previous batch replicates, and everything that
+/// arrives meanwhile joins the next batch.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// Takes queued writes in batches and proposes each batch as one entry.
+async fn batcher(node: std::sync::Weak<LsmNode>, mut queued: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Some(first) = queued.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<Command>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let result = match node.announce_leadership().await {
+                Ok(()) => node.propose(commands).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(outputs) => {
+                    for (reply, output) in replies.into_iter().zip(outputs) {
+                        let _ = reply.send(Ok(output));
+                    }
+                }
+                Err(error) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 }
 

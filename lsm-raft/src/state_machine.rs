@@ -150,16 +150,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut applied = Vec::new();
         for entry in entries {
             machine.last_applied = Some(entry.log_id);
-            let output = match entry.payload {
-                EntryPayload::Blank => None,
+            let outputs = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(membership) => {
                     machine.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    None
+                    Vec::new()
                 }
                 EntryPayload::Normal(proposal) => {
                     let meta = Meta { index: entry.log_id.index, now_ms: proposal.now_ms };
-                    match machine.state.apply(meta, proposal.command) {
-                        Ok(output) => Some(output),
+                    match machine.state.apply_batch(meta, proposal.commands) {
+                        Ok(outputs) => outputs,
                         Err(error) => {
                             tracing::error!(%error, index = meta.index, "the state machine failed; stopping");
                             return Err(
@@ -169,7 +169,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             };
-            applied.push(Applied { output });
+            applied.push(Applied { outputs });
         }
         Ok(applied)
     }

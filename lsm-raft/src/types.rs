@@ -1,9 +1,10 @@
 //! The openraft type configuration: what a log entry carries and what applying it returns.
 //!
-//! A log entry's payload is a [`Proposal`]: an `lsm_core::Command` stamped with the
-//! proposing leader's clock. Every node applies it with the same `Meta { index, now_ms }`,
-//! so every node reaches the same state. Applying an entry returns an [`Applied`]: the
-//! state machine's `Output` for a command, or nothing for Raft's own entries.
+//! A log entry's payload is a [`Proposal`]: a batch of `lsm_core::Command`s stamped with
+//! the proposing leader's clock. Every node applies it with the same `Meta { index,
+//! now_ms }`, so every node reaches the same state. Applying an entry returns an
+//! [`Applied`]: one `Output` per command, and none for Raft's own entries. Batching lets one
+//! disk flush and one replication round carry many concurrent requests.
 
 use std::io::Cursor;
 
@@ -32,22 +33,22 @@ openraft::declare_raft_types!(
 pub struct Proposal {
     /// The proposing leader's wall clock, in ms since the Unix epoch.
     pub now_ms: u64,
-    /// The command for the state machine.
-    pub command: lsm_core::Command,
+    /// The commands for the state machine, applied in order.
+    pub commands: Vec<lsm_core::Command>,
 }
 
 impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?} at {}", self.command, self.now_ms)
+        write!(f, "{} commands at {}", self.commands.len(), self.now_ms)
     }
 }
 
 /// What applying one log entry produced.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
-    /// The state machine's answer and events, for a normal entry; `None` for Raft's blank
-    /// and membership entries.
-    pub output: Option<lsm_core::Output>,
+    /// The state machine's answer and events per command of a normal entry; empty for
+    /// Raft's blank and membership entries.
+    pub outputs: Vec<lsm_core::Output>,
 }
 
 /// A Raft handle for lsm's types.

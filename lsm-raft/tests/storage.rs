@@ -1,5 +1,8 @@
 //! openraft's storage test suite, run against every backend.
 
+// openraft's builder trait returns `StorageError` by value.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 
 use lsm_core::Limits;

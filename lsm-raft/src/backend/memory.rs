@@ -60,6 +60,10 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     inner: Mutex<Inner>,
+    /// How long a flush takes, in microseconds, to model a slow disk (0: instant).
+    flush_latency_us: std::sync::atomic::AtomicU64,
+    /// Flushes run one at a time, so operations reach the durable image in order.
+    flush_order: Mutex<()>,
 }
 
 impl MemoryBackend {
@@ -72,7 +76,14 @@ impl MemoryBackend {
     pub fn crash(&self) -> MemoryBackend {
         let durable = self.lock().durable.clone();
         let inner = Inner { current: durable.clone(), durable, pending: Vec::new(), flushes: 0 };
-        MemoryBackend { inner: Mutex::new(inner) }
+        MemoryBackend { inner: Mutex::new(inner), ..MemoryBackend::default() }
+    }
+
+    /// Makes every flush take `latency` (a slow disk), so tests can crash a node while
+    /// writes are appended but not yet flushed.
+    pub fn set_flush_latency(&self, latency: std::time::Duration) {
+        let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.flush_latency_us.store(us, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Number of flushes so far.
@@ -97,12 +108,22 @@ impl MemoryBackend {
         inner.pending.push(op);
     }
 
-    fn flush_locked(inner: &mut Inner) {
-        let pending = std::mem::take(&mut inner.pending);
+    /// Makes every earlier write durable, then runs `after` on the images.
+    fn flush_then(&self, after: impl FnOnce(&mut Inner)) {
+        let _in_order = self.flush_order.lock().unwrap_or_else(|e| e.into_inner());
+        // The writes a flush makes durable are those made before it starts, as with an
+        // fsync; the latency comes after, while the caller still waits.
+        let pending = std::mem::take(&mut self.lock().pending);
+        let latency = self.flush_latency_us.load(std::sync::atomic::Ordering::Relaxed);
+        if latency > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(latency));
+        }
+        let mut inner = self.lock();
         for op in &pending {
             inner.durable.apply(op);
         }
         inner.flushes += 1;
+        after(&mut inner);
     }
 }
 
@@ -127,7 +148,7 @@ impl Backend for MemoryBackend {
     }
 
     fn flush(&self) -> BackendResult<()> {
-        Self::flush_locked(&mut self.lock());
+        self.flush_then(|_| {});
         Ok(())
     }
 
@@ -154,11 +175,11 @@ impl Backend for MemoryBackend {
     }
 
     fn save_snapshot(&self, meta: &[u8], data: &[u8]) -> BackendResult<()> {
-        let mut inner = self.lock();
-        Self::flush_locked(&mut inner);
         let snapshot = Some((meta.to_vec(), data.to_vec()));
-        inner.current.snapshot = snapshot.clone();
-        inner.durable.snapshot = snapshot;
+        self.flush_then(|inner| {
+            inner.current.snapshot = snapshot.clone();
+            inner.durable.snapshot = snapshot;
+        });
         Ok(())
     }
 
