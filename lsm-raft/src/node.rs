@@ -50,9 +50,9 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            heartbeat_ms: 100,
-            election_min_ms: 450,
-            election_max_ms: 900,
+            heartbeat_ms: 50,
+            election_min_ms: 250,
+            election_max_ms: 450,
             snapshot_after_entries: 20_000,
             keep_after_snapshot: 1_000,
             tick_poll_ms: 100,
