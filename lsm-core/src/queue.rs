@@ -181,11 +181,18 @@ impl State {
     }
 
     /// Grants every waiter that fits now, in queue order, unless a blocking waiter ahead of
-    /// it would be passed. Only waiters of features that came free are tried.
+    /// it would be passed. Only waiters of features that came free are tried. Granting a
+    /// blocking waiter releases what it held back, so the queue is walked again.
     pub(crate) fn drain_queue(&mut self, fx: &mut Effects) {
+        while self.drain_pass(fx) {}
+    }
+
+    /// One walk of the queue; true if a blocking waiter was granted.
+    fn drain_pass(&mut self, fx: &mut Effects) -> bool {
         if self.waiters.is_empty() || (fx.freed.is_empty() && !fx.freed_all) {
-            return;
+            return false;
         }
+        let mut granted_blocker = false;
         let order: Vec<CheckoutId> = self.index.queue.iter().map(|&(_, id)| id).collect();
         let mut pending = BTreeSet::new();
         let mut blockers: Vec<CheckoutId> = Vec::new();
@@ -204,6 +211,11 @@ impl State {
                         } else if (self.checkouts.len() as u64) < self.limits.max_checkouts {
                             blockers.extend(self.bypass(&planned, Some(&pending)));
                             let waiter = self.take_waiter(id).expect("waiter is queued");
+                            if self.is_blocking(&waiter) {
+                                granted_blocker = true;
+                                fx.freed
+                                    .extend(waiter.request.items.iter().map(|i| i.feature.clone()));
+                            }
                             self.commit_grant(id, waiter.client, waiter.request, planned, true, fx);
                             continue;
                         } else {
@@ -225,6 +237,7 @@ impl State {
                 blockers.push(id);
             }
         }
+        granted_blocker
     }
 }
 
