@@ -425,3 +425,15 @@ async fn one_flush_covers_many_appends() {
     assert!(flushes < 160, "160 writes took {flushes} flushes: no group commit");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrapping_an_existing_cluster_again_is_refused() {
+    let (mut cluster, _) = cluster(Storage::Memory, 12).await;
+    for id in cluster.running() {
+        let members = [(id, cluster.node(id).addr().to_string())].into();
+        let again = cluster.node(id).bootstrap(members).await;
+        assert_eq!(again, Err(Error::AlreadyInitialized), "node {id}");
+    }
+    assert_eq!(cluster.node(1).read_local(|s| s.features_status().len()), 1);
+    cluster.shutdown().await;
+}
