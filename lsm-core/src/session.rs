@@ -148,6 +148,11 @@ impl Sessions {
     /// Keeps the reply to a new request, dropping the oldest beyond `max_replies`.
     pub fn record(&mut self, client: &ClientId, seq: u64, reply: &Response, max_replies: u64) {
         let Some(session) = self.sessions.get_mut(client) else { return };
+        if session.replies.len() == session.replies.capacity() && session.replies.len() < 2 {
+            // Most clients keep one reply at a time; a vector's default growth would
+            // reserve room for four.
+            session.replies.reserve_exact(1);
+        }
         let at = session.replies.partition_point(|(s, _)| *s < seq);
         session.replies.insert(at, (seq, reply.clone()));
         let excess = session.replies.len().saturating_sub(max_replies.max(1) as usize);
