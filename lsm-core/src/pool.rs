@@ -176,9 +176,10 @@ impl FeatureState {
                 requested: tokens,
             });
         }
-        let free = self.free();
-        if tokens > free {
-            return Err(denied(free.min(self.reachable(p))));
+        // `in_use + n <= total`: after a new license shrank the feature below what is in
+        // use, even a request that costs nothing waits until usage falls.
+        if self.in_use() + tokens > total {
+            return Err(denied(self.free().min(self.reachable(p))));
         }
         let own = tokens.min(pool.idle_reserve());
         let shared = (tokens - own).min(self.shared_free());
