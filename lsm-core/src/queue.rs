@@ -181,18 +181,19 @@ impl State {
     }
 
     /// Grants every waiter that fits now, in queue order, unless a blocking waiter ahead of
-    /// it would be passed. Only waiters of features that came free are tried. Granting a
-    /// blocking waiter releases what it held back, so the queue is walked again.
+    /// it would be passed. Only waiters of features that came free are tried. A blocking
+    /// waiter that is granted or dropped releases what it held back, so the queue is
+    /// walked again.
     pub(crate) fn drain_queue(&mut self, fx: &mut Effects) {
         while self.drain_pass(fx) {}
     }
 
-    /// One walk of the queue; true if a blocking waiter was granted.
+    /// One walk of the queue; true if a blocking waiter was granted or dropped.
     fn drain_pass(&mut self, fx: &mut Effects) -> bool {
         if self.waiters.is_empty() || (fx.freed.is_empty() && !fx.freed_all) {
             return false;
         }
-        let mut granted_blocker = false;
+        let mut walk_again = false;
         let order: Vec<CheckoutId> = self.index.queue.iter().map(|&(_, id)| id).collect();
         let mut pending = BTreeSet::new();
         let mut blockers: Vec<CheckoutId> = Vec::new();
@@ -212,7 +213,7 @@ impl State {
                             blockers.extend(self.bypass(&planned, Some(&pending)));
                             let waiter = self.take_waiter(id).expect("waiter is queued");
                             if self.is_blocking(&waiter) {
-                                granted_blocker = true;
+                                walk_again = true;
                                 fx.freed
                                     .extend(waiter.request.items.iter().map(|i| i.feature.clone()));
                             }
@@ -223,6 +224,8 @@ impl State {
                         }
                     }
                     Err(denial) if !denial.is_transient() => {
+                        // A blocker leaving frees what it held back, as a granted one does.
+                        walk_again |= self.is_blocking(&self.waiters[&id]);
                         self.drop_waiter(id, End::QueueDenied(Box::new(denial)), fx);
                         continue;
                     }
@@ -237,7 +240,7 @@ impl State {
                 blockers.push(id);
             }
         }
-        granted_blocker
+        walk_again
     }
 }
 

@@ -395,6 +395,7 @@ pub enum Event {
 pub struct Output {
     /// The answer for the client who sent the command.
     pub response: Response,
-    /// What happened, in order. A retried request yields no events.
+    /// What happened, in order. A retried request adds no events of its own; the command
+    /// may still expire leases or serve the queue, and those events are here.
     pub events: Vec<Event>,
 }
