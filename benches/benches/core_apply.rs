@@ -33,6 +33,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use lsm_benches::{mix, name};
 use lsm_core::{
     CheckoutFilter, CheckoutId, CheckoutRequest, ClientId, Command, CostRule, Demand, Entitlement,
     FeatureName, HostName, Install, Item, Meta, Op, Policy, Request, Response, State, UserName,
@@ -195,19 +196,6 @@ fn run(state: &mut State, step: Step) {
     };
     assert!(ok, "unexpected answer {:?}", out.response);
     black_box(out);
-}
-
-/// A well-known valid name.
-fn name<T: std::str::FromStr<Err = lsm_core::NameError>>(s: &str) -> T {
-    s.parse().expect("valid name")
-}
-
-/// SplitMix64 finalizer: a cheap, deterministic scramble of `x`.
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The live checkout counts of `apply_pair`: 1,000, 10,000 and 100,000, or the

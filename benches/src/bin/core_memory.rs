@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
+use lsm_benches::{mix, name};
 use lsm_core::{
     CheckoutRequest, ClientId, Command, CostRule, Demand, Entitlement, FeatureName, HostName,
     Install, Item, Limits, Meta, Op, Policy, Request, Response, State, UserName,
@@ -172,19 +173,6 @@ fn build(checkouts: u64) -> State {
 /// A client's first request.
 fn request(client: ClientId, op: Op) -> Command {
     Command::Request(Request { client, seq: 1, ack: 1, op })
-}
-
-/// A well-known valid name.
-fn name<T: std::str::FromStr<Err = lsm_core::NameError>>(s: &str) -> T {
-    s.parse().expect("valid name")
-}
-
-/// SplitMix64 finalizer: a cheap, deterministic scramble of `x`.
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// A `kB` line of `/proc/self/status`, such as `VmHWM`, in KiB.
