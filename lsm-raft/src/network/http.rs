@@ -25,13 +25,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use openraft::error::InstallSnapshotError;
+use openraft::RaftNetworkFactory;
 use openraft::network::RPCOption;
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{RaftNetwork, RaftNetworkFactory};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -188,31 +183,7 @@ fn causes(error: &dyn std::error::Error) -> String {
     text
 }
 
-impl RaftNetwork<TypeConfig> for HttpPeer {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
-        self.call(RpcKind::Append, &rpc, rpc.entries.len(), &option).await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        self.call(RpcKind::Snapshot, &rpc, 0, &option).await
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RpcError> {
-        self.call(RpcKind::Vote, &rpc, 0, &option).await
-    }
-}
+super::forward_rpcs!(HttpPeer);
 
 /// What the routes share.
 struct Server {

@@ -35,13 +35,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use openraft::error::InstallSnapshotError;
+use openraft::RaftNetworkFactory;
 use openraft::network::RPCOption;
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{RaftNetwork, RaftNetworkFactory};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -331,28 +326,4 @@ impl MemoryPeer {
     }
 }
 
-impl RaftNetwork<TypeConfig> for MemoryPeer {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
-        self.call(RpcKind::Append, &rpc, rpc.entries.len(), &option).await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        self.call(RpcKind::Snapshot, &rpc, 0, &option).await
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RpcError> {
-        self.call(RpcKind::Vote, &rpc, 0, &option).await
-    }
-}
+super::forward_rpcs!(MemoryPeer);

@@ -395,3 +395,45 @@ impl Call<'_> {
         })
     }
 }
+
+/// Implements openraft's `RaftNetwork` for a peer type with an inherent `call(kind, rpc,
+/// entries, option)`: every transport forwards the three RPCs the same way.
+macro_rules! forward_rpcs {
+    ($peer:ty) => {
+        impl openraft::RaftNetwork<$crate::types::TypeConfig> for $peer {
+            async fn append_entries(
+                &mut self,
+                rpc: openraft::raft::AppendEntriesRequest<$crate::types::TypeConfig>,
+                option: openraft::network::RPCOption,
+            ) -> Result<
+                openraft::raft::AppendEntriesResponse<$crate::types::NodeId>,
+                $crate::network::RpcError,
+            > {
+                self.call($crate::network::RpcKind::Append, &rpc, rpc.entries.len(), &option).await
+            }
+
+            async fn install_snapshot(
+                &mut self,
+                rpc: openraft::raft::InstallSnapshotRequest<$crate::types::TypeConfig>,
+                option: openraft::network::RPCOption,
+            ) -> Result<
+                openraft::raft::InstallSnapshotResponse<$crate::types::NodeId>,
+                $crate::network::RpcError<openraft::error::InstallSnapshotError>,
+            > {
+                self.call($crate::network::RpcKind::Snapshot, &rpc, 0, &option).await
+            }
+
+            async fn vote(
+                &mut self,
+                rpc: openraft::raft::VoteRequest<$crate::types::NodeId>,
+                option: openraft::network::RPCOption,
+            ) -> Result<
+                openraft::raft::VoteResponse<$crate::types::NodeId>,
+                $crate::network::RpcError,
+            > {
+                self.call($crate::network::RpcKind::Vote, &rpc, 0, &option).await
+            }
+        }
+    };
+}
+pub(crate) use forward_rpcs;
