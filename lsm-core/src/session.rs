@@ -39,16 +39,32 @@ pub struct Session {
 }
 
 /// The session table.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Sessions {
     #[serde(with = "crate::sorted")]
     sessions: FxHashMap<ClientId, Session>,
-    /// `(last_seen_index, client) -> last_seen_ms`, least recent first, for eviction and
-    /// idle expiry; rebuilt on restore. Replicated time never decreases as the index
-    /// grows, so this is also the order of `last_seen_ms`.
+    /// One entry per session, `(index, client) -> ms` as of some earlier request of that
+    /// client (never later than its last), least recent first; rebuilt on restore.
+    ///
+    /// The index is updated lazily: a request only touches its session, and eviction or
+    /// expiry, on finding an entry older than its session, moves it to the session's real
+    /// age and looks again. Since an entry is never younger than its session, the entry
+    /// found this way is the truly least recent session, exactly as with an index kept
+    /// up to date on every request, which would cost a tree removal and insertion per
+    /// request. Replicated time never decreases as the index grows, so this is also the
+    /// order of `last_seen_ms`.
     #[serde(skip)]
     by_age: BTreeMap<(u64, ClientId), u64>,
 }
+
+impl PartialEq for Sessions {
+    /// The table alone; the age index depends on history, not on the table.
+    fn eq(&self, other: &Self) -> bool {
+        self.sessions == other.sessions
+    }
+}
+
+impl Eq for Sessions {}
 
 /// What the table says about an incoming request.
 pub enum Lookup {
@@ -93,7 +109,26 @@ impl Sessions {
                 break;
             }
             let ((_, client), _) = self.by_age.pop_first().expect("first exists");
-            self.sessions.remove(&client);
+            let session = &self.sessions[&client];
+            if session.last_seen_ms.saturating_add(idle_ttl_ms) > now_ms {
+                let age = (session.last_seen_index, client);
+                self.by_age.insert(age, session.last_seen_ms);
+            } else {
+                self.sessions.remove(&client);
+            }
+        }
+    }
+
+    /// Drops the least recently seen session.
+    fn evict_oldest(&mut self) {
+        while let Some(((index, client), _)) = self.by_age.pop_first() {
+            let session = &self.sessions[&client];
+            if session.last_seen_index == index {
+                self.sessions.remove(&client);
+                return;
+            }
+            let age = (session.last_seen_index, client);
+            self.by_age.insert(age, session.last_seen_ms);
         }
     }
 
@@ -109,18 +144,13 @@ impl Sessions {
     ) -> Lookup {
         let session = match self.sessions.get_mut(client) {
             Some(session) => {
-                if session.last_seen_index != index {
-                    self.by_age.remove(&(session.last_seen_index, client.clone()));
-                    self.by_age.insert((index, client.clone()), now_ms);
-                }
                 session.last_seen_index = index;
                 session.last_seen_ms = now_ms;
                 session
             }
             None => {
                 while self.sessions.len() as u64 >= max_sessions.max(1) {
-                    let ((_, oldest), _) = self.by_age.pop_first().expect("index matches table");
-                    self.sessions.remove(&oldest);
+                    self.evict_oldest();
                 }
                 self.by_age.insert((index, client.clone()), now_ms);
                 let session = Session {
@@ -165,12 +195,17 @@ impl Sessions {
 
     /// Checks that the age index matches the table.
     pub fn check(&self) -> Result<(), String> {
-        let matches = |(c, s): (&ClientId, &Session)| {
-            self.by_age.get(&(s.last_seen_index, c.clone())) == Some(&s.last_seen_ms)
+        let entry_not_younger = |((index, client), ms): (&(u64, ClientId), &u64)| {
+            self.sessions
+                .get(client)
+                .is_some_and(|s| *index <= s.last_seen_index && *ms <= s.last_seen_ms)
         };
+        let clients: std::collections::BTreeSet<&ClientId> =
+            self.by_age.keys().map(|(_, c)| c).collect();
         let sorted = |s: &Session| s.replies.windows(2).all(|w| w[0].0 < w[1].0);
         if self.by_age.len() != self.sessions.len()
-            || !self.sessions.iter().all(matches)
+            || clients.len() != self.sessions.len()
+            || !self.by_age.iter().all(entry_not_younger)
             || !self.sessions.values().all(sorted)
         {
             return Err("session age index or replies do not match the session table".into());
