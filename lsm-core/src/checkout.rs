@@ -7,6 +7,8 @@
 //! queued request). Only the last kind may wait in the queue. A grant of several features
 //! is planned whole before anything is taken, so it is all or nothing.
 
+use std::sync::Arc;
+
 use crate::command::{CheckoutRequest, MAX_REASON_LEN};
 use crate::ids::{CheckoutId, ClientId, FeatureName};
 use crate::license::Demand;
@@ -224,15 +226,20 @@ impl State {
         from_queue: bool,
         fx: &mut Effects,
     ) -> Grant {
-        let mut items = Vec::with_capacity(planned.len());
-        for plan in planned {
+        for plan in &planned {
             let feature = self.features.get_mut(&plan.feature).expect("planned feature exists");
             feature.take(plan.pool, plan.tokens, &plan.alloc);
-            let pool = feature.pools[plan.pool].spec.name.clone();
             self.add_held(&plan.feature, &req.user, &req.host, plan.tokens);
             fx.touched.insert(plan.feature.clone());
-            items.push(GrantedItem { feature: plan.feature, pool, tokens: plan.tokens });
         }
+        // Collected straight into the shared slice: one allocation per grant.
+        let items: Arc<[GrantedItem]> = planned
+            .into_iter()
+            .map(|plan| {
+                let pool = self.features[&plan.feature].pools[plan.pool].spec.name.clone();
+                GrantedItem { feature: plan.feature, pool, tokens: plan.tokens }
+            })
+            .collect();
         let fence = self.next_fence;
         self.next_fence += 1;
         let now = self.now_ms;
@@ -247,7 +254,7 @@ impl State {
             user: req.user,
             host: req.host,
             job: req.job,
-            items: items.into(),
+            items,
             granted_at_ms: now,
             lease_ttl_ms,
             lease_expires_at_ms,
