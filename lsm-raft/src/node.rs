@@ -305,15 +305,6 @@ impl LsmNode {
         }
     }
 
-    /// The leader's address as this node knows it.
-    pub fn leader_addr(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let leader = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&leader)?.clone();
-        Some((leader, node.addr))
-    }
-
     /// Bootstraps a new cluster with these voters. Refused if this node's log already
     /// holds a cluster.
     pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> Result<(), Error> {
