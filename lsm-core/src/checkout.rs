@@ -61,7 +61,7 @@ impl State {
     }
 
     /// Checks the fields of a request against each other and the limits.
-    fn validate_request(&self, req: &CheckoutRequest) -> Result<(), Denial> {
+    pub(crate) fn validate_request(&self, req: &CheckoutRequest) -> Result<(), Denial> {
         let limits = &self.limits;
         let items = req.items.len() as u64;
         if items == 0 {

@@ -283,6 +283,34 @@ impl State {
         Ok(Output { response, events: fx.events })
     }
 
+    /// Checks a request's fields against each other and the limits, without changing
+    /// anything: the checks `apply` makes before it looks at tokens, sessions or rules.
+    /// A server runs this before proposing, so malformed requests never reach the log;
+    /// `apply` still makes the same checks, so a request that passes here may yet be
+    /// refused when committed (a borrow whose end has passed by then, for instance).
+    pub fn precheck(&self, request: &Request) -> Result<(), Denial> {
+        if request.ack > request.seq {
+            let (ack, seq) = (request.ack, request.seq);
+            return Err(Denial::bad("ack", format!("ack {ack} is above seq {seq}")));
+        }
+        match &request.op {
+            Op::Checkout(req) => self.validate_request(req),
+            Op::Heartbeat(_) | Op::Release(_) => Ok(()),
+            Op::Revoke { reason, .. } if reason.len() > crate::command::MAX_REASON_LEN => {
+                Err(Denial::bad(
+                    "reason",
+                    format!(
+                        "{} bytes; the limit is {}",
+                        reason.len(),
+                        crate::command::MAX_REASON_LEN
+                    ),
+                ))
+            }
+            Op::Revoke { .. } => Ok(()),
+            Op::Install(install) => install.validate(&self.limits).map_err(Denial::BadInstall),
+        }
+    }
+
     /// Runs a client request through its session, so a retry is answered, not re-applied.
     fn request(&mut self, request: Request, fx: &mut Effects) -> Response {
         let Request { client, seq, ack, op } = request;
