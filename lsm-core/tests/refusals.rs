@@ -91,10 +91,24 @@ fn request(feature: &str, demand: Demand) -> CheckoutRequest {
 /// `mention`, and that nothing a user can see changed.
 fn refused(f: &mut Fixture, client: &str, op: Op, mention: &str) -> Denial {
     let before = f.view();
+    let seq = f.seq + 1;
+    let precheck =
+        f.state.precheck(&Request { client: name(client), seq, ack: seq, op: op.clone() });
     let response = f.send(client, op);
     let Response::Denied(denial) = response else {
         panic!("expected a refusal naming {mention:?}, got {response:?}");
     };
+    // What the precheck refuses before proposing, apply refuses the same way.
+    if let Err(early) = &precheck {
+        assert_eq!(early, &denial, "the precheck and apply disagree");
+    }
+    // Malformed fields never need the log: the precheck catches them all, except a cost
+    // that overflows, which depends on the feature's cost rule.
+    if matches!(denial, Denial::BadInstall(_))
+        || matches!(&denial, Denial::BadRequest { problem, .. } if !problem.contains("64 bits"))
+    {
+        assert!(precheck.is_err(), "the precheck let {denial} through");
+    }
     assert!(denial.to_string().contains(mention), "{denial} does not mention {mention:?}");
     assert_eq!(f.view(), before, "the refusal {denial} changed the state");
     f.state.check_invariants().unwrap();
