@@ -12,11 +12,15 @@
 //! each with the encoded [`Rejection`] as the body, or `413 Payload Too Large` for a body
 //! over [`MAX_MESSAGE_BYTES`], which the caller turns into `RPCError::PayloadTooLarge`.
 //!
-//! All calls of a node share one `reqwest::Client` and so its pool of kept-alive
-//! connections. A call is bounded by its `RPCOption::hard_ttl()`, from connecting to the
-//! end of the response body. The client never uses a proxy, whatever the environment says:
-//! peers talk directly.
+//! Calls travel through a [`PeerTransport`]. [`HttpNetwork::new`] uses one
+//! `reqwest::Client` per node, so all calls share its pool of kept-alive connections, and
+//! never a proxy, whatever the environment says: peers talk directly. A simulation gives
+//! [`HttpNetwork::with_transport`] a transport over its simulated network instead. A call
+//! is bounded by its `RPCOption::hard_ttl()`, from connecting to the end of the response
+//! body.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,12 +48,105 @@ const OCTET_STREAM: &str = "application/octet-stream";
 
 /// The HTTP network of one node: openraft's factory of clients for its peers.
 ///
-/// Clones share the HTTP client and its connections.
-#[derive(Clone, Debug)]
+/// Clones share the transport and its connections.
+#[derive(Clone)]
 pub struct HttpNetwork {
     cluster_id: Arc<str>,
     node_id: NodeId,
-    client: reqwest::Client,
+    transport: Arc<dyn PeerTransport>,
+}
+
+impl std::fmt::Debug for HttpNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpNetwork")
+            .field("cluster_id", &self.cluster_id)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a node's peer calls travel: one `POST` and its whole answer. [`HttpNetwork::new`]
+/// uses reqwest over TCP; a simulation supplies its own, over a simulated network.
+pub trait PeerTransport: Send + Sync + 'static {
+    /// Posts `body` (`application/octet-stream`) to `http://{addr}{path}` and returns the
+    /// status and at most [`MAX_MESSAGE_BYTES`] of the answer's body, within `timeout`.
+    fn post(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<PeerAnswer, PeerFailure>> + Send + 'static>>;
+}
+
+/// A peer's answer to a [`PeerTransport::post`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAnswer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body, or `None` when it was longer than [`MAX_MESSAGE_BYTES`].
+    pub body: Option<Bytes>,
+}
+
+/// Why a [`PeerTransport::post`] got no answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PeerFailure {
+    /// No connection could be made; the peer did not get the request.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// No answer in time; the peer may or may not have handled the request.
+    #[error("timed out")]
+    Timeout,
+    /// The exchange failed midway.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// [`PeerTransport`] over a `reqwest::Client`.
+#[derive(Clone, Debug)]
+struct Reqwest(reqwest::Client);
+
+impl PeerTransport for Reqwest {
+    fn post(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<PeerAnswer, PeerFailure>> + Send + 'static>> {
+        let request = self
+            .0
+            .post(format!("http://{addr}{path}"))
+            .header(header::CONTENT_TYPE, OCTET_STREAM)
+            .timeout(timeout)
+            .body(body);
+        Box::pin(async move {
+            let mut response = request.send().await.map_err(|e| failure(&e))?;
+            let status = response.status().as_u16();
+            // Read the body, but no more of it than a message may be.
+            let mut bytes = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| failure(&e))? {
+                if bytes.len() + chunk.len() > MAX_MESSAGE_BYTES {
+                    return Ok(PeerAnswer { status, body: None });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(PeerAnswer { status, body: Some(bytes.into()) })
+        })
+    }
+}
+
+/// A failed reqwest call: a peer that cannot be connected to is unreachable, a call that
+/// ran out of time timed out, anything else failed.
+fn failure(error: &reqwest::Error) -> PeerFailure {
+    // A connect timeout is both; it is the connecting that failed.
+    if error.is_connect() || error.is_builder() {
+        PeerFailure::Unreachable(causes(error))
+    } else if error.is_timeout() {
+        PeerFailure::Timeout
+    } else {
+        PeerFailure::Failed(causes(error))
+    }
 }
 
 impl HttpNetwork {
@@ -74,7 +171,16 @@ impl HttpNetwork {
         node_id: NodeId,
         client: reqwest::Client,
     ) -> HttpNetwork {
-        HttpNetwork { cluster_id: cluster_id.into().into(), node_id, client }
+        HttpNetwork::with_transport(cluster_id, node_id, Arc::new(Reqwest(client)))
+    }
+
+    /// The network of node `node_id` in cluster `cluster_id`, sending through `transport`.
+    pub fn with_transport(
+        cluster_id: impl Into<String>,
+        node_id: NodeId,
+        transport: Arc<dyn PeerTransport>,
+    ) -> HttpNetwork {
+        HttpNetwork { cluster_id: cluster_id.into().into(), node_id, transport }
     }
 }
 
@@ -117,57 +223,31 @@ impl HttpPeer {
         };
         let body = call.request(&self.network.cluster_id, rpc, entries)?;
         let len = body.len();
-        let url = format!("http://{}/raft/{}", self.node.addr, kind.path());
-        let sent = self
-            .network
-            .client
-            .post(url)
-            .header(header::CONTENT_TYPE, OCTET_STREAM)
-            .timeout(option.hard_ttl())
-            .body(body)
-            .send()
-            .await;
-        let mut response = sent.map_err(|e| failure(&call, &e))?;
-        let status = response.status();
-
-        // Read the body, but no more of it than a message may be.
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| failure(&call, &e))? {
-            if bytes.len() + chunk.len() > MAX_MESSAGE_BYTES {
-                let problem = Problem::BadResponse(format!(
-                    "the response is larger than the {MAX_MESSAGE_BYTES} bytes a message may be"
-                ));
-                return Err(call.failed(problem));
-            }
-            bytes.extend_from_slice(&chunk);
+        let path = format!("/raft/{}", kind.path());
+        let sent = self.network.transport.post(&self.node.addr, &path, body, option.hard_ttl());
+        let answer = match sent.await {
+            Ok(answer) => answer,
+            Err(PeerFailure::Unreachable(reason)) => return Err(call.unreachable(reason)),
+            Err(PeerFailure::Timeout) => return Err(call.timeout()),
+            Err(PeerFailure::Failed(reason)) => return Err(call.failed(Problem::Failed(reason))),
+        };
+        let Some(bytes) = answer.body else {
+            let problem = Problem::BadResponse(format!(
+                "the response is larger than the {MAX_MESSAGE_BYTES} bytes a message may be"
+            ));
+            return Err(call.failed(problem));
+        };
+        match answer.status {
+            200 => call.reply(&bytes),
+            413 => Err(call.too_large(len, entries)),
+            status => match decode::<Rejection>(&bytes) {
+                Ok(rejection) => Err(call.refused(rejection)),
+                Err(_) => {
+                    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+                    Err(call.failed(Problem::Failed(format!("HTTP {status}: {text:?}"))))
+                }
+            },
         }
-
-        if status == StatusCode::OK {
-            return call.reply(&bytes);
-        }
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Err(call.too_large(len, entries));
-        }
-        match decode::<Rejection>(&bytes) {
-            Ok(rejection) => Err(call.refused(rejection)),
-            Err(_) => {
-                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-                Err(call.failed(Problem::Failed(format!("HTTP {status}: {text:?}"))))
-            }
-        }
-    }
-}
-
-/// Turns a failed HTTP call into openraft's error: a peer that cannot be connected to is
-/// unreachable, a call that ran out of time timed out, anything else is a network error.
-fn failure<E: std::error::Error>(call: &Call<'_>, error: &reqwest::Error) -> RpcError<E> {
-    // A connect timeout is both; it is the connecting that failed.
-    if error.is_connect() || error.is_builder() {
-        call.unreachable(causes(error))
-    } else if error.is_timeout() {
-        call.timeout()
-    } else {
-        call.failed(Problem::Failed(causes(error)))
     }
 }
 
