@@ -323,7 +323,7 @@ pub struct InstallReply {
 }
 
 /// `POST /v1/admin/init`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InitBody {
     /// The voters, id to `host:port`; by default the peers of the node's configuration.
@@ -333,6 +333,13 @@ pub struct InitBody {
     /// has a leader (the default).
     #[serde(default = "yes")]
     pub install_license: bool,
+}
+
+impl Default for InitBody {
+    /// The configured peers, and the license installed: what an empty body means.
+    fn default() -> Self {
+        InitBody { members: None, install_license: true }
+    }
 }
 
 fn yes() -> bool {
@@ -715,6 +722,13 @@ mod tests {
         assert!(err.to_string().contains("-1"), "{err}");
         let err = serde_json::from_str::<ItemBody>(r#"{"feature":"f","tokns":1}"#).unwrap_err();
         assert!(err.to_string().contains("tokns"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_init_body_means_the_default() {
+        let empty: InitBody = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, InitBody::default());
+        assert!(empty.install_license);
     }
 
     #[test]
