@@ -333,6 +333,26 @@ impl LsmNode {
         self.membership_result(result)
     }
 
+    /// Removes a learner (a voter leaves through [`LsmNode::change_membership`]).
+    pub async fn remove_learner(&self, id: NodeId) -> Result<(), Error> {
+        let change = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+        let result = self.raft.change_membership(change, false).await;
+        self.membership_result(result)
+    }
+
+    /// The leader's address, if this node knows the leader.
+    pub fn leader_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|node| node.addr.clone())
+    }
+
+    /// The last log index covered by this node's latest snapshot.
+    pub fn snapshot_index(&self) -> Option<u64> {
+        self.raft.metrics().borrow().snapshot.map(|log_id| log_id.index)
+    }
+
     fn membership_result<T>(
         &self,
         result: Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,

@@ -271,9 +271,7 @@ async fn json_error(response: Response) -> Response {
 impl Shared {
     /// The leader's address, if this node knows it.
     pub fn leader_addr(&self) -> Option<String> {
-        let status = self.node.status();
-        let leader = status.leader?;
-        status.members.into_iter().find(|m| m.id == leader).map(|m| m.addr)
+        self.node.leader_addr()
     }
 
     /// The request timeout.

@@ -24,8 +24,6 @@ use lsm_core::{ClientId, Command, Install, Op, Request as CoreRequest};
 use lsm_raft::error::Error as RaftError;
 use lsm_raft::node::LsmNode;
 use lsm_raft::runtime::ThreadRng;
-use openraft::ChangeMembers;
-use openraft::error::{ClientWriteError, RaftError as OpenRaftError};
 use rand08::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -336,7 +334,7 @@ pub async fn remove_node(
                 }
                 node.change_membership(voters).await?;
             } else {
-                remove_learner(&node, id).await?;
+                node.remove_learner(id).await?;
             }
             tracing::info!(id, "node removed");
             Ok(Json(cluster_info(&node)))
@@ -349,22 +347,6 @@ fn voters(node: &LsmNode) -> BTreeSet<u64> {
     node.status().members.into_iter().filter(|m| m.voter).map(|m| m.id).collect()
 }
 
-/// Removes a learner. `LsmNode` changes voters only, so this goes to openraft directly.
-async fn remove_learner(node: &LsmNode, id: u64) -> Result<(), RaftError> {
-    let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
-    match node.raft().change_membership(change, false).await {
-        Ok(_) => Ok(()),
-        Err(OpenRaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-            Err(RaftError::NotLeader {
-                leader_id: forward.leader_id,
-                leader_addr: forward.leader_node.map(|n| n.addr),
-            })
-        }
-        Err(OpenRaftError::APIError(e)) => Err(RaftError::Refused(e.to_string())),
-        Err(OpenRaftError::Fatal(e)) => Err(RaftError::Stopped(e.to_string())),
-    }
-}
-
 /// `POST /v1/admin/snapshot`: builds a snapshot of this node's state now and answers once
 /// it is on disk, with the index it covers.
 pub async fn snapshot(State(shared): State<Arc<Shared>>) -> Answer {
@@ -375,7 +357,7 @@ pub async fn snapshot(State(shared): State<Arc<Shared>>) -> Answer {
     node.trigger_snapshot().await.map_err(ApiError::raft)?;
     let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
     loop {
-        let built = node.raft().metrics().borrow().snapshot.map(|log_id| log_id.index);
+        let built = node.snapshot_index();
         if built.is_some_and(|index| index >= applied) {
             return Ok(
                 Json(SnapshotReply { node: node.id(), snapshot_index: built }).into_response()
