@@ -1,1 +1,413 @@
-//! Cross-crate integration tests for lsm live in `tests/`.
+//! End-to-end harness: real `lsm-server` processes on loopback, and the `lsm` CLI.
+//!
+//! [`ProcCluster`] writes one config per node into a temporary directory, starts each node
+//! as its own process on an ephemeral loopback port, bootstraps the cluster through the
+//! admin API and waits for a leader. Nodes can be killed with SIGKILL, paused with
+//! SIGSTOP and restarted from their data directory. Every process is killed when the
+//! cluster is dropped; if the test panicked, the nodes' logs are printed first.
+//!
+//! The binaries are built once per test run (`cargo build --bins`), so a test run of this
+//! crate alone works too, and always runs the current code.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lsm_client::api::{self, ClusterInfo};
+use lsm_client::transport::{HyperTransport, Transport, TransportError};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// How long the harness waits for a cluster to come up or settle before it fails.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+/// The path of a workspace binary, built (once per test process) if it is not current.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args(["build", "--quiet", "--bins", "-p", "lsm-server", "-p", "lsm-client"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+        // Test executables live in target/<profile>/deps; the binaries one level up.
+        let exe = std::env::current_exe().expect("test executable path");
+        exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    });
+    dir.join(name)
+}
+
+/// Free loopback ports, found by binding port 0. Another process could take one before
+/// the node binds it; the node then fails to start and the harness says so.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind loopback")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+}
+
+/// One node process.
+struct NodeProc {
+    addr: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of `lsm-server` processes on loopback.
+pub struct ProcCluster {
+    dir: tempfile::TempDir,
+    nodes: BTreeMap<u64, NodeProc>,
+    http: Http,
+}
+
+/// A demo license for tests: `lsdyna` with 10 tokens split into smp and mpp pools (per-core
+/// cost, one token per core), `abaqus` with 10 plain tokens, `fluent` with 4.
+pub const TEST_LICENSE: &str = r#"
+[[entitlements]]
+feature = "lsdyna"
+license = "e2e"
+tokens_total = 10
+expires_at_ms = 4102444800000
+cost = { per_core = { base_tokens = 0, tokens_per_core = 1, cores_included = 0 } }
+
+[[entitlements]]
+feature = "abaqus"
+license = "e2e"
+tokens_total = 10
+expires_at_ms = 4102444800000
+
+[[entitlements]]
+feature = "fluent"
+license = "e2e"
+tokens_total = 4
+expires_at_ms = 4102444800000
+
+[[policy.pools.lsdyna]]
+name = "smp"
+modes = ["smp"]
+
+[[policy.pools.lsdyna]]
+name = "mpp"
+modes = ["mpp"]
+"#;
+
+impl ProcCluster {
+    /// Starts `size` nodes with [`TEST_LICENSE`], bootstraps them and waits for a leader.
+    pub async fn start(size: u64) -> ProcCluster {
+        ProcCluster::start_with(size, TEST_LICENSE).await
+    }
+
+    /// Starts `size` nodes with `license` (TOML), bootstraps them and waits for a leader
+    /// that has installed the license.
+    pub async fn start_with(size: u64, license: &str) -> ProcCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let license_path = dir.path().join("license.toml");
+        std::fs::write(&license_path, license).expect("write license");
+        let ports = free_ports(size as usize);
+        let peers: BTreeMap<u64, String> =
+            (1..=size).zip(&ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
+        let mut nodes = BTreeMap::new();
+        for (&id, addr) in &peers {
+            let config = dir.path().join(format!("node{id}.toml"));
+            let data = dir.path().join(format!("node{id}"));
+            let mut text = format!(
+                "node_id = {id}\ncluster_id = \"e2e\"\nlisten = \"{addr}\"\ndata_dir = {data:?}\n\
+                 license_file = {license_path:?}\nlog_level = \"info\"\n\n[peers]\n"
+            );
+            for (peer, peer_addr) in &peers {
+                text.push_str(&format!("{peer} = \"{peer_addr}\"\n"));
+            }
+            std::fs::write(&config, text).expect("write config");
+            let log = dir.path().join(format!("node{id}.log"));
+            nodes.insert(id, NodeProc { addr: addr.clone(), config, log, child: None });
+        }
+        let mut cluster = ProcCluster { dir, nodes, http: Http::new() };
+        for id in 1..=size {
+            cluster.spawn(id);
+        }
+        for id in 1..=size {
+            cluster.wait_healthy(id).await;
+        }
+        let (status, body) = cluster.post(1, api::path::INIT, &api::InitBody::default()).await;
+        assert_eq!(status, 200, "init: {body}");
+        cluster.wait_for_leader().await;
+        cluster
+            .wait_until("the license is installed", |c| async move {
+                let (status, body) = c.get(c.any_live(), "/v1/features").await;
+                status == 200 && body.as_array().is_some_and(|f| !f.is_empty())
+            })
+            .await;
+        cluster
+    }
+
+    /// The temporary directory holding configs, data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Node `id`'s address.
+    pub fn addr(&self, id: u64) -> &str {
+        &self.nodes[&id].addr
+    }
+
+    /// Every node's address, in id order.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.addr.clone()).collect()
+    }
+
+    /// The ids of the nodes whose process runs.
+    pub fn live(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|(_, n)| n.child.is_some()).map(|(&id, _)| id).collect()
+    }
+
+    fn any_live(&self) -> u64 {
+        self.live()[0]
+    }
+
+    /// The node's process id, if it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes[&id].child.as_ref().map(Child::id)
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(node.child.is_none(), "node {id} already runs");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open log");
+        let child = Command::new(binary("lsm-server"))
+            .arg("run")
+            .arg("--config")
+            .arg(&node.config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn lsm-server");
+        node.child = Some(child);
+    }
+
+    /// Kills node `id` with SIGKILL and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let mut child = node.child.take().expect("node runs");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Sends `signal` to node `id` (SIGSTOP to pause it, SIGCONT to resume it).
+    pub fn signal(&self, id: u64, signal: Signal) {
+        let pid = self.pid(id).expect("node runs");
+        kill(Pid::from_raw(pid as i32), signal).expect("signal the node");
+    }
+
+    /// Restarts node `id` from its data directory and waits until it answers.
+    pub async fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        self.wait_healthy(id).await;
+    }
+
+    async fn wait_healthy(&self, id: u64) {
+        let addr = self.addr(id).to_string();
+        let started = Instant::now();
+        loop {
+            if let Ok((200, _)) = self.http.call(&addr, "GET", api::path::HEALTHZ, None).await {
+                return;
+            }
+            assert!(
+                started.elapsed() < SETTLE,
+                "node {id} did not answer /healthz within {SETTLE:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The cluster as node `id` sees it, if it answers.
+    pub async fn cluster_info(&self, id: u64) -> Option<ClusterInfo> {
+        let addr = self.addr(id);
+        match self.http.call(addr, "GET", api::path::CLUSTER, None).await {
+            Ok((200, body)) => serde_json::from_value(body).ok(),
+            _ => None,
+        }
+    }
+
+    /// Waits until every live node names the same live leader in the same term, and
+    /// returns it.
+    pub async fn wait_for_leader(&self) -> u64 {
+        let started = Instant::now();
+        loop {
+            let mut views = Vec::new();
+            for id in self.live() {
+                let view = self.cluster_info(id).await;
+                views.push(view.and_then(|i| i.leader.map(|leader| (leader, i.term))));
+            }
+            if let Some(Some((leader, term))) = views.first().copied() {
+                let agreed = views.iter().all(|v| *v == Some((leader, term)));
+                if agreed && self.live().contains(&leader) {
+                    return leader;
+                }
+            }
+            assert!(
+                started.elapsed() < SETTLE,
+                "no leader all live nodes agree on within {SETTLE:?}: {views:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls `check` every 100 ms until it holds, failing the test after [`SETTLE`].
+    pub async fn wait_until<'a, F, Fut>(&'a self, what: &str, mut check: F)
+    where
+        F: FnMut(&'a ProcCluster) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let started = Instant::now();
+        while !check(self).await {
+            assert!(started.elapsed() < SETTLE, "{what}: not within {SETTLE:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET path` on node `id`: the status and the JSON body (`Null` when there is none).
+    pub async fn get(&self, id: u64, path: &str) -> (u16, Value) {
+        self.http.call(self.addr(id), "GET", path, None).await.unwrap_or_else(|e| {
+            panic!("GET {path} on node {id}: {e}\n{}", self.logs());
+        })
+    }
+
+    /// `POST path` on node `id` with `body` as JSON.
+    pub async fn post(&self, id: u64, path: &str, body: &impl Serialize) -> (u16, Value) {
+        let body = serde_json::to_vec(body).expect("serializable body");
+        self.post_raw(id, path, "application/json", body).await
+    }
+
+    /// `POST path` on node `id` with a raw body of the given content type.
+    pub async fn post_raw(
+        &self,
+        id: u64,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let addr = self.addr(id);
+        self.http
+            .call_with(addr, "POST", path, content_type, Bytes::from(body))
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} on node {id}: {e}\n{}", self.logs()))
+    }
+
+    /// `GET path` on node `id`, decoded as `T`; fails the test on any other status.
+    pub async fn read<T: DeserializeOwned>(&self, id: u64, path: &str) -> T {
+        let (status, body) = self.get(id, path).await;
+        assert_eq!(status, 200, "GET {path} on node {id}: {body}");
+        serde_json::from_value(body).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (id, node) in &self.nodes {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            out.push_str(&format!("---- node {id} log (last {} lines)\n", tail.len()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// A small JSON-over-HTTP caller on the client library's transport.
+#[derive(Clone)]
+pub struct Http {
+    transport: Arc<dyn Transport>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+impl Http {
+    /// Over TCP.
+    pub fn new() -> Http {
+        Http { transport: Arc::new(HyperTransport::tcp(Duration::from_secs(2))) }
+    }
+
+    /// `method path` on `addr` with an optional JSON body.
+    pub async fn call(
+        &self,
+        addr: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), TransportError> {
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        self.call_with(addr, method, path, "application/json", bytes).await
+    }
+
+    /// `method path` on `addr` with a raw body.
+    pub async fn call_with(
+        &self,
+        addr: &str,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(u16, Value), TransportError> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .expect("valid request");
+        let response = self.transport.send(addr, request, Duration::from_secs(10)).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body();
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        };
+        Ok((status, value))
+    }
+}
+
+/// A permit to run one multi-process cluster: at most two run at once, so the nodes of
+/// concurrent tests do not starve each other of the machine's cores.
+pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    SLOTS.acquire().await.expect("the semaphore is never closed")
+}
