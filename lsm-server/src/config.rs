@@ -77,6 +77,12 @@ pub struct Config {
     /// Every voter of the initial cluster, this node included: id to `host:port`.
     #[serde(with = "peer_keys")]
     pub peers: BTreeMap<u64, String>,
+    /// Where this node dials a peer, by node id, when that is not the peer's address in
+    /// the cluster's membership (NAT, split-horizon DNS, a proxy). Peer RPCs and
+    /// forwarding to the leader use it; the membership, `advertise` and the `lsm-leader`
+    /// header keep the peer's own address. Empty by default.
+    #[serde(with = "peer_keys", skip_serializing_if = "BTreeMap::is_empty")]
+    pub dial: BTreeMap<u64, String>,
     /// Raft timing.
     pub raft: RaftTiming,
     /// The state machine's limits (for a fresh state; a restored one keeps its own).
@@ -145,6 +151,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             log_level: "info".into(),
             peers: BTreeMap::new(),
+            dial: BTreeMap::new(),
             raft: RaftTiming::default(),
             limits: Limits::default(),
         }
@@ -195,6 +202,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "log_format",
     "log_level",
     "peers",
+    "dial",
     "raft",
     "limits",
 ];
@@ -354,6 +362,20 @@ impl Config {
                     );
                 }
             }
+        }
+        for (id, addr) in &self.dial {
+            if *id == 0 {
+                return bad("dial.0", "0 is not a node id; the keys of [dial] are node ids".into());
+            }
+            if *id == self.node_id {
+                return bad(
+                    &format!("dial.{id}"),
+                    format!(
+                        "names this node (node_id = {id}), which never dials itself; remove the entry"
+                    ),
+                );
+            }
+            check_host_port(&format!("dial.{id}"), addr)?;
         }
         self.validate_raft()?;
         self.validate_limits()?;
@@ -557,7 +579,7 @@ fn check_host_port(field: &str, value: &str) -> Result<(), ServerError> {
     }
 }
 
-/// `peers` keys are node ids, written as TOML keys (strings).
+/// `peers` and `dial` keys are node ids, written as TOML keys (strings).
 mod peer_keys {
     use std::collections::BTreeMap;
 
@@ -579,7 +601,7 @@ mod peer_keys {
             .map(|(key, addr)| match key.trim().parse::<u64>() {
                 Ok(id) => Ok((id, addr)),
                 Err(_) => Err(D::Error::custom(format!(
-                    "peers: {key:?} is not a node id; the keys of [peers] are node ids (1 = \"10.0.0.1:7101\")"
+                    "{key:?} is not a node id; the keys of [peers] and [dial] are node ids (1 = \"10.0.0.1:7101\")"
                 ))),
             })
             .collect()

@@ -4,8 +4,10 @@
 //! Every node accepts every request. A write is checked against the local state first
 //! (`State::precheck`), so a malformed request is refused by the node that received it and
 //! never reaches the log. A node that is not the leader forwards the original request, as
-//! it arrived, to the leader it knows (see [`crate::forward`]); if it knows none, or the
-//! request was already forwarded once, it answers `503 not_leader` and the client retries.
+//! it arrived, to the leader it knows (see [`crate::forward`]). If it knows none (an
+//! election is running, or it has just started), it waits up to two election timeouts for
+//! one and forwards there; if none appears, or the request was already forwarded once, it
+//! answers `503 not_leader` and the client retries.
 //! The state machine's answer is turned into the wire type of the reply by [`reply`].
 
 use std::future::Future;
@@ -134,13 +136,29 @@ impl Shared {
             {
                 // The leader gets the whole request timeout, and this node waits a little
                 // longer, so the leader's own `504 timeout` is what the client sees.
-                Ok(forward::forward(self, incoming, &addr, timeout + Duration::from_secs(1)).await)
+                let dial = self.dial.addr(leader_id, &addr);
+                let timeout = timeout + Duration::from_secs(1);
+                Ok(forward::forward(self, incoming, &addr, dial, timeout).await)
             }
             RaftError::NotLeader { leader_addr: None, .. } if self.node.status().members.is_empty() => {
                 Err(ApiError::new(
                     ErrorCode::Unavailable,
                     "this node has no cluster yet; initialize it with `lsm-server init` (POST /v1/admin/init)",
                 ))
+            }
+            RaftError::NotLeader { leader_addr: None, .. } if incoming.forwarded_by().is_none() => {
+                // No known leader: an election is running, or this node has just started
+                // and not yet heard from the leader. Wait a little for one and forward
+                // there, so a client that lists this node first is served.
+                match self.wait_for_other_leader(self.leader_wait(timeout)).await {
+                    Some((leader_id, addr)) => {
+                        let dial = self.dial.addr(Some(leader_id), &addr);
+                        let timeout = timeout + Duration::from_secs(1);
+                        Ok(forward::forward(self, incoming, &addr, dial, timeout).await)
+                    }
+                    // Still none, or this node leads now: the client retries.
+                    None => Err(ApiError::raft(error)),
+                }
             }
             RaftError::NotLeader { leader_addr, .. } if incoming.forwarded_by().is_some() => {
                 Err(ApiError::new(
@@ -154,6 +172,36 @@ impl Shared {
             }
             error => Err(ApiError::raft(error)),
         }
+    }
+
+    /// How long a request that found no leader waits for one: two of the longest election
+    /// timeouts (an election usually ends within one), and never more than `timeout`.
+    fn leader_wait(&self, timeout: Duration) -> Duration {
+        Duration::from_millis(2 * self.config.raft.election_max_ms).min(timeout)
+    }
+
+    /// Waits at most `within` until this node knows another node as the leader; its id
+    /// and address. (A node restarted from a term it led believes it leads until it
+    /// hears of the newer term: that is not a leader to forward to.)
+    async fn wait_for_other_leader(&self, within: Duration) -> Option<(u64, String)> {
+        let mut metrics = self.node.raft().metrics();
+        let me = self.node.id();
+        let known = async {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    if let Some(id) = m.current_leader.filter(|&id| id != me)
+                        && let Some(node) = m.membership_config.membership().get_node(&id)
+                    {
+                        return Some((id, node.addr.clone()));
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(within, known).await.ok().flatten()
     }
 }
 

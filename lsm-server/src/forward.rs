@@ -3,9 +3,10 @@
 //! A node that is not the leader resends the original request (method, path and query,
 //! `content-type`, `authorization` and the raw body) to the leader through the shared
 //! [`lsm_client::transport::Transport`], marked with `lsm-forwarded-by: <node id>` so the
-//! leader never forwards it again: a request makes at most one hop. The leader's status
-//! and body go back to the caller unchanged. If the leader cannot be reached the answer is
-//! `502 forward_failed`, which clients retry.
+//! leader never forwards it again: a request makes at most one hop. The leader is dialed
+//! at its `[dial]` address when this node has one for it ([`crate::dial`]). The leader's
+//! status and body go back to the caller unchanged. If the leader cannot be reached the
+//! answer is `502 forward_failed`, which clients retry.
 
 use std::time::Duration;
 
@@ -19,11 +20,13 @@ use crate::error::{ApiError, DeniedWith};
 use crate::extract::Incoming;
 use crate::server::Shared;
 
-/// Sends `incoming` to the leader at `leader` and relays the answer.
+/// Sends `incoming` to the leader, known as `leader` and reached at `dial` (its `[dial]`
+/// address, else `leader` again), and relays the answer.
 pub async fn forward(
     shared: &Shared,
     incoming: &Incoming,
     leader: &str,
+    dial: &str,
     timeout: Duration,
 ) -> Response {
     let path = incoming.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -41,8 +44,8 @@ pub async fn forward(
                 .into_response();
         }
     };
-    tracing::debug!(node = shared.node.id(), leader, path, "forwarding to the leader");
-    match shared.transport.send(leader, request, timeout).await {
+    tracing::debug!(node = shared.node.id(), leader, dial, path, "forwarding to the leader");
+    match shared.transport.send(dial, request, timeout).await {
         Ok(answer) => relay(answer),
         Err(e) => ApiError::new(
             ErrorCode::ForwardFailed,

@@ -9,6 +9,7 @@
 //! `docs/operations.md` how to run a cluster.
 //!
 //! - [`config`]: the TOML file, `LSM_` variables and flags, and their validation;
+//!   [`dial`]: reaching peers at another address than their membership one;
 //! - [`server`]: [`Server::start`] (everything from outside injected, so a simulation can
 //!   run the real server) and [`run`] (sled, HTTP peers, the system clock, a TCP socket);
 //! - `routes/`: the handlers; `dispatch`: propose, read, forward; `extract`: bodies,
@@ -28,6 +29,7 @@
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod dial;
 mod dispatch;
 pub mod error;
 mod extract;

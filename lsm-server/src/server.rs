@@ -32,6 +32,7 @@ use openraft::RaftNetworkFactory;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::dial::{Dial, DialNetwork};
 use crate::error::{ApiError, DeniedWith, ServerError};
 use crate::metrics::Metrics;
 use crate::routes::{admin, checkouts, health, reads};
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     pub node: Arc<LsmNode>,
     /// How requests are forwarded to the leader.
     pub transport: Arc<dyn Transport>,
+    /// Where this node dials its peers, when not at their membership address.
+    pub dial: Dial,
     /// The metrics registry.
     pub metrics: Metrics,
 }
@@ -63,7 +66,9 @@ pub(crate) struct Shared {
 impl Server {
     /// Validates `config`, starts the Raft node on `backend`, talking to peers through
     /// `network`, stamping with `clock`, and builds the HTTP API, which forwards to the
-    /// leader through `transport`. Nothing listens yet: serve [`Server::router`].
+    /// leader through `transport`. Peers named in the config's `[dial]` are reached at
+    /// their dial address, over `network` and `transport` alike (see [`crate::dial`]).
+    /// Nothing listens yet: serve [`Server::router`].
     pub async fn start<N>(
         config: Config,
         backend: Arc<dyn Backend>,
@@ -75,8 +80,13 @@ impl Server {
         N: RaftNetworkFactory<TypeConfig>,
     {
         config.validate()?;
+        let dial = Dial::new(config.dial.clone());
+        for (id, addr) in &config.dial {
+            tracing::info!(node = config.node_id, peer = id, dial = %addr, "dialing a peer at its [dial] address");
+        }
+        let network = DialNetwork::new(network, dial.clone());
         let node = LsmNode::start(config.node_config(), backend, network, clock).await?;
-        let shared = Arc::new(Shared { config, node, transport, metrics: Metrics::new() });
+        let shared = Arc::new(Shared { config, node, transport, dial, metrics: Metrics::new() });
         let router = build_router(shared.clone());
         Ok(Server { shared, router })
     }

@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{TEST_TIMEOUT, TestCluster, checkout};
 use serde_json::{Value, json};
@@ -384,6 +386,112 @@ async fn nodes_join_and_leave_through_the_admin_api() {
         task.abort();
         fourth.shutdown().await;
         cluster.shutdown().await;
+    })
+    .await;
+}
+
+/// A TCP relay to `target` on an ephemeral loopback port: its address, and how many
+/// connections it has accepted.
+async fn relay(target: String) -> (String, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Nodes 2 and 3 dial each other and node 1 through relays (their `[dial]` tables); node
+/// 1 dials both at a closed port. Peer RPCs and forwarding take the dial addresses: 2 and
+/// 3 elect a leader through the relays and keep node 1 up to date, a follower among them
+/// forwards through its relay, and node 1, which cannot dial the leader, answers `502
+/// forward_failed` naming the leader by its membership address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_and_forwarding_use_the_dial_addresses() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let license = dir.path().join("license.toml");
+        std::fs::write(&license, common::LICENSE).unwrap();
+        let mut listeners = Vec::new();
+        let mut peers = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            peers.insert(id, listener.local_addr().unwrap().to_string());
+            listeners.push(listener);
+        }
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let mut relays = Vec::new();
+        let mut dials: BTreeMap<u64, BTreeMap<u64, String>> = BTreeMap::new();
+        for (from, to) in [(2, 1), (2, 3), (3, 1), (3, 2)] {
+            let (addr, accepted) = relay(peers[&to].clone()).await;
+            dials.entry(from).or_default().insert(to, addr);
+            relays.push(((from, to), accepted));
+        }
+        dials.insert(1, BTreeMap::from([(2, closed.clone()), (3, closed.clone())]));
+
+        let mut servers = Vec::new();
+        let mut tasks = Vec::new();
+        for (listener, id) in listeners.into_iter().zip(1..) {
+            let mut config = common::node_config(id, &peers, dir.path(), &license);
+            config.dial = dials[&id].clone();
+            let (server, _switch, task) = common::serve(config, listener).await;
+            servers.push(server);
+            tasks.push(task);
+        }
+        let http = common::Http::new();
+        let init = http.post(&peers[&2], "/v1/admin/init", json!({})).await;
+        assert_eq!(init.status, 200, "init: {:?}", init.json);
+
+        // Node 1 learns the leader and the license from the others' appends.
+        let leader = loop {
+            let status = servers[0].node().status();
+            let features = http.get(&peers[&1], "/v1/features?consistency=local").await;
+            if let Some(leader) = status.leader
+                && features.json.as_array().is_some_and(|f| !f.is_empty())
+            {
+                break leader;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_ne!(leader, 1, "node 1 cannot reach anyone to win a vote");
+        let follower = if leader == 2 { 3 } else { 2 };
+
+        let through =
+            http.post(&peers[&follower], "/v1/checkouts", checkout("d", 1, "solver", 2)).await;
+        assert_eq!(through.status, 200, "forwarded through the relay: {:?}", through.json);
+        let stuck = http.post(&peers[&1], "/v1/checkouts", checkout("e", 1, "solver", 1)).await;
+        assert_eq!((stuck.status, stuck.code()), (502, "forward_failed"), "{:?}", stuck.json);
+        assert_eq!(stuck.json["error"]["leader"].as_str(), Some(peers[&leader].as_str()));
+        assert!(
+            stuck.json["error"]["message"].as_str().unwrap().contains(&closed),
+            "the error names the address dialed: {:?}",
+            stuck.json
+        );
+        // The leader's appends and the follower's forwarding went through the relays.
+        for link in [(leader, 1), (leader, follower), (follower, leader)] {
+            let (_, accepted) = relays.iter().find(|(l, _)| *l == link).unwrap();
+            assert!(accepted.load(Ordering::SeqCst) > 0, "nothing went through {link:?}");
+        }
+
+        for task in &tasks {
+            task.abort();
+        }
+        for server in &servers {
+            server.shutdown().await;
+        }
     })
     .await;
 }

@@ -110,6 +110,38 @@ fn flags_override_the_environment() {
 }
 
 #[test]
+fn the_dial_table_comes_from_the_file_and_the_environment() {
+    jail(|jail| {
+        jail.create_file(
+            "dial.toml",
+            "node_id = 1\ndata_dir = \"d\"\n\n[peers]\n1 = \"10.0.0.1:7101\"\n\
+             2 = \"10.0.0.2:7101\"\n3 = \"10.0.0.3:7101\"\n\n[dial]\n2 = \"127.0.0.1:9012\"\n",
+        )
+        .unwrap();
+        jail.set_env("LSM_DIAL__3", "127.0.0.1:9013");
+        let config = Config::load(Some(Path::new("dial.toml")), &Overrides::default())?;
+        config.validate()?;
+        let expected =
+            BTreeMap::from([(2, "127.0.0.1:9012".to_string()), (3, "127.0.0.1:9013".to_string())]);
+        assert_eq!(config.dial, expected);
+        // Dialing elsewhere changes nothing the node tells others.
+        assert_eq!(config.advertise(), "10.0.0.1:7101");
+        assert_eq!(config.peers[&2], "10.0.0.2:7101");
+
+        let set = Overrides { set: vec!["dial.2=127.0.0.1:9022".into()], ..Overrides::default() };
+        let config = Config::load(Some(Path::new("dial.toml")), &set)?;
+        assert_eq!(config.dial[&2], "127.0.0.1:9022");
+
+        jail.create_file("bad-dial.toml", "[dial]\nnode2 = \"127.0.0.1:1\"\n").unwrap();
+        match Config::load(Some(Path::new("bad-dial.toml")), &Overrides::default()) {
+            Err(e) => assert!(e.to_string().contains("[dial] are node ids"), "{e}"),
+            Ok(c) => panic!("loaded {c:?}"),
+        }
+        Ok(())
+    });
+}
+
+#[test]
 fn loading_refuses_what_it_cannot_read() {
     jail(|jail| {
         let field = |result: Result<Config, ServerError>| match result {
@@ -208,6 +240,27 @@ fn validation_names_the_field_and_the_fix() {
                 c.peers.insert(0, "10.0.0.9:1".into());
             }),
             "not a node id",
+        ),
+        (
+            "dial.0",
+            Box::new(|c| {
+                c.dial.insert(0, "10.0.0.9:1".into());
+            }),
+            "not a node id",
+        ),
+        (
+            "dial.2",
+            Box::new(|c| {
+                c.dial.insert(2, "10.0.0.9:1".into());
+            }),
+            "never dials itself; remove the entry",
+        ),
+        (
+            "dial.3",
+            Box::new(|c| {
+                c.dial.insert(3, "proxy-3".into());
+            }),
+            "not host:port",
         ),
         ("raft.heartbeat_ms", Box::new(|c| c.raft.heartbeat_ms = 0), "at least 1"),
         (
