@@ -25,7 +25,8 @@ use http::{Method, StatusCode, header};
 use lsm_core::{
     Checkout, CheckoutId, CheckoutStatus, ClientId, FeatureStatus, Install, Summary, WaiterInfo,
 };
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -53,6 +54,8 @@ struct Inner {
     transport: Arc<dyn Transport>,
     session: Session,
     route: Mutex<Route>,
+    /// The backoff jitter's generator when `config.rng_seed` is set.
+    jitter: Option<Mutex<ChaCha8Rng>>,
 }
 
 /// Where the next exchange goes.
@@ -118,12 +121,13 @@ impl Client {
     ) -> Result<Client, ClientError> {
         config.validate()?;
         let id = config.client_id.clone().unwrap_or_else(generate_client_id);
-        let inner = Inner {
-            config,
-            transport,
-            session: Session::new(id),
-            route: Mutex::new(Route::default()),
+        let session = match config.first_seq {
+            Some(first) => Session::starting_at(id, first),
+            None => Session::new(id),
         };
+        let jitter = config.rng_seed.map(|seed| Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
+        let inner =
+            Inner { config, transport, session, route: Mutex::new(Route::default()), jitter };
         Ok(Client { inner: Arc::new(inner) })
     }
 
@@ -312,7 +316,6 @@ impl Client {
         call: &Call<'_>,
         budget: Budget,
     ) -> Result<T, ClientError> {
-        let config = &self.inner.config;
         let mut attempts = 0u32;
         let mut last = "the deadline passed before any server was tried".to_string();
         let mut tried: Vec<String> = Vec::new();
@@ -325,7 +328,7 @@ impl Client {
                     Some(target) => target,
                     None => {
                         // Every server failed once: pause before the next round.
-                        let pause = backoff(config.backoff_min, budget.backoff_max, rounds);
+                        let pause = self.backoff(budget.backoff_max, rounds);
                         rounds = rounds.saturating_add(1);
                         let now = Instant::now();
                         if now + pause >= budget.deadline {
@@ -481,14 +484,27 @@ impl Client {
     fn route(&self) -> std::sync::MutexGuard<'_, Route> {
         self.inner.route.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// The pause before retry round `round`, jittered by the seeded generator if the
+    /// configuration has a seed, else by the thread's.
+    fn backoff(&self, max: Duration, round: u32) -> Duration {
+        let min = self.inner.config.backoff_min;
+        match &self.inner.jitter {
+            Some(rng) => {
+                let mut rng = rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                backoff(min, max, round, &mut *rng)
+            }
+            None => backoff(min, max, round, &mut rand::rng()),
+        }
+    }
 }
 
 /// The pause before retry round `round` (0-based): between half and all of
-/// `min * 2^round`, capped at `max`, and never below `min`.
-fn backoff(min: Duration, max: Duration, round: u32) -> Duration {
+/// `min * 2^round`, capped at `max`, and never below `min`; the jitter drawn from `rng`.
+fn backoff(min: Duration, max: Duration, round: u32, rng: &mut impl Rng) -> Duration {
     let cap = min.saturating_mul(1u32 << round.min(20)).min(max);
     let low = (cap / 2).max(min).min(cap);
-    if low >= cap { cap } else { rand::rng().random_range(low..=cap) }
+    if low >= cap { cap } else { rng.random_range(low..=cap) }
 }
 
 /// 502, 503 and 504 from something that is not an lsm node (a proxy, a load balancer).
@@ -520,13 +536,24 @@ mod tests {
         let (min, max) = (Duration::from_millis(50), Duration::from_secs(2));
         for round in 0..40 {
             for _ in 0..20 {
-                let pause = backoff(min, max, round);
+                let pause = backoff(min, max, round, &mut rand::rng());
                 assert!(pause >= min && pause <= max, "round {round}: {pause:?}");
                 let cap = min.saturating_mul(1 << round.min(20)).min(max);
                 assert!(pause <= cap && pause >= cap / 2, "round {round}: {pause:?}");
             }
         }
-        assert_eq!(backoff(min, min, 5), min);
+        assert_eq!(backoff(min, min, 5, &mut rand::rng()), min);
+    }
+
+    #[test]
+    fn a_seeded_backoff_repeats_its_jitter() {
+        let (min, max) = (Duration::from_millis(50), Duration::from_secs(2));
+        let draw = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..10).map(|round| backoff(min, max, round, &mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
     }
 
     #[test]

@@ -43,6 +43,15 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Sent as `Authorization: Bearer <token>` on admin routes.
     pub admin_token: Option<String>,
+    /// Seeds the jitter of the retry backoff (a ChaCha8 generator), so a deterministic
+    /// simulation replays exactly; `None` (the default) draws from the thread's random
+    /// source.
+    pub rng_seed: Option<u64>,
+    /// The sequence number of the client's first write; `None` (the default) starts at
+    /// the wall clock in microseconds (see [`crate::session`]). A simulation sets it so
+    /// runs replay exactly; it must stay above every number an earlier process used with
+    /// the same client id.
+    pub first_seq: Option<u64>,
 }
 
 impl Default for ClientConfig {
@@ -64,6 +73,8 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             admin_token: None,
+            rng_seed: None,
+            first_seq: None,
         }
     }
 
@@ -126,6 +137,9 @@ impl ClientConfig {
                     self.backoff_max, self.backoff_min
                 ),
             ));
+        }
+        if self.first_seq == Some(0) {
+            return Err(ClientError::config("first_seq", "must be at least 1"));
         }
         if let Some(token) = &self.admin_token
             && (token.is_empty()
@@ -240,6 +254,9 @@ mod tests {
         config.backoff_max = Duration::from_secs(1);
         config.admin_token = Some("bad\ntoken".into());
         assert_eq!(field(config.validate().map(|_| config.clone())), "admin_token");
+        config.admin_token = None;
+        config.first_seq = Some(0);
+        assert_eq!(field(config.validate().map(|_| config.clone())), "first_seq");
     }
 
     #[test]

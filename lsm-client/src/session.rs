@@ -12,7 +12,9 @@
 //! later process (a script that checks out with `lsm checkout` and releases with
 //! `lsm release --client-id`) then continues above the numbers its predecessor used, and
 //! its requests are neither answered from the old replies nor refused as stale. Two
-//! processes must not use the same id at the same time.
+//! processes must not use the same id at the same time. A deterministic simulation picks
+//! the first number itself (`ClientConfig::first_seq`), since it must not read the wall
+//! clock.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
