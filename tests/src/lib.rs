@@ -8,6 +8,20 @@
 //!
 //! The binaries are built once per test run (`cargo build --bins`), so a test run of this
 //! crate alone works too, and always runs the current code.
+//!
+//! For fault injection ([`Options::proxied_links`]), every directed link between nodes
+//! goes through a [`proxy::Proxy`] the test controls ([`net::PeerLinks`]), by the `[dial]`
+//! table of each node's configuration; [`net::ClientGroup`]s put proxies between groups of
+//! clients and the nodes. [`workload`] runs many real clients and records a
+//! [`history::History`], [`nemesis`] injects faults, and [`check`] checks safety,
+//! durability, exactly-once and liveness against what was recorded.
+
+pub mod check;
+pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod proxy;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -19,6 +33,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lsm_client::api::{self, ClusterInfo};
 use lsm_client::transport::{HyperTransport, Transport, TransportError};
+use lsm_core::{Checkout, FeatureStatus};
+use net::PeerLinks;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -27,6 +43,9 @@ use serde_json::Value;
 
 /// How long the harness waits for a cluster to come up or settle before it fails.
 pub const SETTLE: Duration = Duration::from_secs(20);
+
+const LOCAL_FEATURES: &str = "/v1/features?consistency=local";
+const LOCAL_CHECKOUTS: &str = "/v1/checkouts?consistency=local";
 
 /// The path of a workspace binary, built (once per test process) if it is not current.
 pub fn binary(name: &str) -> PathBuf {
@@ -67,6 +86,33 @@ pub struct ProcCluster {
     dir: tempfile::TempDir,
     nodes: BTreeMap<u64, NodeProc>,
     http: Http,
+    links: Option<PeerLinks>,
+}
+
+/// How [`ProcCluster::start_with_options`] sets up a cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How many nodes.
+    pub size: u64,
+    /// The license (TOML) `init` installs.
+    pub license: String,
+    /// Route every directed link between nodes through a proxy the test controls.
+    pub proxied_links: bool,
+    /// Extra top-level settings for every node (`key = value` lines), such as
+    /// `lease_ttl_ms = 6000`.
+    pub settings: Vec<String>,
+}
+
+impl Default for Options {
+    /// Three nodes, [`TEST_LICENSE`], direct links.
+    fn default() -> Self {
+        Options {
+            size: 3,
+            license: TEST_LICENSE.to_string(),
+            proxied_links: false,
+            settings: Vec::new(),
+        }
+    }
 }
 
 /// A demo license for tests: `lsdyna` with 10 tokens split into smp and mpp pools (per-core
@@ -109,28 +155,48 @@ impl ProcCluster {
     /// Starts `size` nodes with `license` (TOML), bootstraps them and waits for a leader
     /// that has installed the license.
     pub async fn start_with(size: u64, license: &str) -> ProcCluster {
+        let options = Options { size, license: license.to_string(), ..Options::default() };
+        ProcCluster::start_with_options(options).await
+    }
+
+    /// Starts a cluster as `options` say, bootstraps it and waits for a leader that has
+    /// installed the license.
+    pub async fn start_with_options(options: Options) -> ProcCluster {
+        let size = options.size;
         let dir = tempfile::tempdir().expect("temp dir");
         let license_path = dir.path().join("license.toml");
-        std::fs::write(&license_path, license).expect("write license");
+        std::fs::write(&license_path, &options.license).expect("write license");
         let ports = free_ports(size as usize);
         let peers: BTreeMap<u64, String> =
             (1..=size).zip(&ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
+        let links = if options.proxied_links { Some(PeerLinks::start(&peers).await) } else { None };
         let mut nodes = BTreeMap::new();
         for (&id, addr) in &peers {
             let config = dir.path().join(format!("node{id}.toml"));
             let data = dir.path().join(format!("node{id}"));
             let mut text = format!(
                 "node_id = {id}\ncluster_id = \"e2e\"\nlisten = \"{addr}\"\ndata_dir = {data:?}\n\
-                 license_file = {license_path:?}\nlog_level = \"info\"\n\n[peers]\n"
+                 license_file = {license_path:?}\nlog_level = \"info\"\n"
             );
+            for setting in &options.settings {
+                text.push_str(setting);
+                text.push('\n');
+            }
+            text.push_str("\n[peers]\n");
             for (peer, peer_addr) in &peers {
                 text.push_str(&format!("{peer} = \"{peer_addr}\"\n"));
+            }
+            if let Some(links) = &links {
+                text.push_str("\n[dial]\n");
+                for (peer, proxy) in links.dial_table(id) {
+                    text.push_str(&format!("{peer} = \"{proxy}\"\n"));
+                }
             }
             std::fs::write(&config, text).expect("write config");
             let log = dir.path().join(format!("node{id}.log"));
             nodes.insert(id, NodeProc { addr: addr.clone(), config, log, child: None });
         }
-        let mut cluster = ProcCluster { dir, nodes, http: Http::new() };
+        let mut cluster = ProcCluster { dir, nodes, http: Http::new(), links };
         for id in 1..=size {
             cluster.spawn(id);
         }
@@ -162,6 +228,21 @@ impl ProcCluster {
     /// Every node's address, in id order.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.values().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Every node's id and address.
+    pub fn nodes(&self) -> BTreeMap<u64, String> {
+        self.nodes.iter().map(|(&id, n)| (id, n.addr.clone())).collect()
+    }
+
+    /// The proxies on the links between nodes ([`Options::proxied_links`]).
+    pub fn links(&self) -> &PeerLinks {
+        self.links.as_ref().expect("the cluster was started with proxied_links")
+    }
+
+    /// The harness's HTTP caller (straight to the nodes, around every proxy).
+    pub fn http(&self) -> &Http {
+        &self.http
     }
 
     /// The ids of the nodes whose process runs.
@@ -263,6 +344,74 @@ impl ProcCluster {
             assert!(
                 started.elapsed() < SETTLE,
                 "no leader all live nodes agree on within {SETTLE:?}: {views:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader every live node that answers within `within` agrees on, if there is
+    /// one; `None` rather than a failure when there is not.
+    pub async fn leader_within(&self, within: Duration) -> Option<u64> {
+        self.leader_among(&self.live(), within).await
+    }
+
+    /// The leader the nodes `among` agree on, if they agree within `within` on one of
+    /// them (the others may be paused or cut off, and think otherwise).
+    pub async fn leader_among(&self, among: &[u64], within: Duration) -> Option<u64> {
+        let started = Instant::now();
+        loop {
+            let mut views = Vec::new();
+            for &id in among {
+                let view = tokio::time::timeout(Duration::from_secs(2), self.cluster_info(id));
+                views.push(view.await.ok().flatten().and_then(|i| i.leader.map(|l| (l, i.term))));
+            }
+            if let Some(Some((leader, term))) = views.first().copied()
+                && views.iter().all(|v| *v == Some((leader, term)))
+                && among.contains(&leader)
+            {
+                return Some(leader);
+            }
+            if started.elapsed() >= within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every live node has applied the same log index and holds the same
+    /// features and checkouts in its own state (`consistency=local`), and returns them;
+    /// fails the test after [`SETTLE`].
+    pub async fn converged(&self) -> (Vec<FeatureStatus>, Vec<Checkout>) {
+        let started = Instant::now();
+        loop {
+            let mut views = Vec::new();
+            for id in self.live() {
+                let addr = self.addr(id);
+                let local = async {
+                    let info = self.cluster_info(id).await?;
+                    let features = self.http.call(addr, "GET", LOCAL_FEATURES, None).await;
+                    let checkouts = self.http.call(addr, "GET", LOCAL_CHECKOUTS, None).await;
+                    let (Ok((200, features)), Ok((200, checkouts))) = (features, checkouts) else {
+                        return None;
+                    };
+                    let features: Vec<FeatureStatus> = serde_json::from_value(features).ok()?;
+                    let checkouts: Vec<Checkout> = serde_json::from_value(checkouts).ok()?;
+                    Some((info.applied_index, features, checkouts))
+                };
+                views
+                    .push(tokio::time::timeout(Duration::from_secs(2), local).await.ok().flatten());
+            }
+            if let Some(Some(first)) = views.first()
+                && views.iter().all(|v| v.as_ref() == Some(first))
+            {
+                let (_, features, checkouts) = first.clone();
+                return (features, checkouts);
+            }
+            assert!(
+                started.elapsed() < SETTLE,
+                "the nodes did not converge within {SETTLE:?}: {:?}\n{}",
+                views.iter().map(|v| v.as_ref().map(|(i, _, c)| (*i, c.len()))).collect::<Vec<_>>(),
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -405,9 +554,19 @@ impl Http {
     }
 }
 
+/// How many clusters of one test binary may run at once.
+const SLOTS: u32 = 2;
+
+static CLUSTER_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SLOTS as usize);
+
 /// A permit to run one multi-process cluster: at most two run at once, so the nodes of
 /// concurrent tests do not starve each other of the machine's cores.
 pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
-    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-    SLOTS.acquire().await.expect("the semaphore is never closed")
+    CLUSTER_SLOTS.acquire().await.expect("the semaphore is never closed")
+}
+
+/// A permit to run a cluster alone: no other cluster of this test binary runs meanwhile
+/// (for a heavy workload whose timing should not suffer from a neighbour).
+pub async fn cluster_alone() -> tokio::sync::SemaphorePermit<'static> {
+    CLUSTER_SLOTS.acquire_many(SLOTS).await.expect("the semaphore is never closed")
 }

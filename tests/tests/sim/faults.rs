@@ -1,0 +1,235 @@
+//! The fault schedule: what goes wrong, when, and for how long, drawn from the seed.
+//!
+//! Faults start after the license is installed and are all healed at the heal time, well
+//! before the end of the run, so liveness can be checked afterwards:
+//!
+//! - a node crashes, either between two steps or at its `k`-th storage write (losing what
+//!   it had not flushed, that write included), and restarts later on what survived;
+//! - two hosts (nodes or clients) are partitioned, one way only, or have their messages
+//!   held and then delivered all at once;
+//! - a link gets slow (up to hundreds of ms per message) or lossy (a lost TCP segment
+//!   stalls its connection until a timeout gives up on it);
+//! - a client is cut off from whichever node leads at that moment;
+//! - the leader's clock jumps backwards (up to seconds) or forwards (less than the
+//!   client's lease safety margin, see [`max_forward_jump_ms`]).
+//!
+//! Every node's clock also has a constant skew of up to ±3 s from the start.
+//!
+//! Link faults never overlap on one pair of hosts (turmoil does not combine a hold with a
+//! one-way partition), and a node is never crashed while it is already down.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// One fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Node `node` (0-based) crashes, at its `at_write`-th storage write or else between
+    /// steps, and restarts `down_ms` later.
+    Crash {
+        /// Index into the nodes.
+        node: usize,
+        /// Crash at this storage write from now (`None`: between two steps).
+        at_write: Option<u32>,
+        /// How long it stays down.
+        down_ms: u64,
+    },
+    /// No messages between `a` and `b` for `ms`.
+    Partition {
+        /// A host.
+        a: String,
+        /// The other.
+        b: String,
+        /// For how long.
+        ms: u64,
+    },
+    /// No messages from `from` to `to` for `ms`; the other way works.
+    OneWay {
+        /// The sender cut off.
+        from: String,
+        /// The receiver.
+        to: String,
+        /// For how long.
+        ms: u64,
+    },
+    /// Messages between `a` and `b` are held for `ms`, then all delivered.
+    Hold {
+        /// A host.
+        a: String,
+        /// The other.
+        b: String,
+        /// For how long.
+        ms: u64,
+    },
+    /// Messages between `a` and `b` take up to `max_ms` for `ms`.
+    Slow {
+        /// A host.
+        a: String,
+        /// The other.
+        b: String,
+        /// Largest latency.
+        max_ms: u64,
+        /// For how long.
+        ms: u64,
+    },
+    /// Each message between `a` and `b` breaks the link with probability `percent`% for
+    /// `ms` (a broken link drops what is in flight until it repairs).
+    Lossy {
+        /// A host.
+        a: String,
+        /// The other.
+        b: String,
+        /// Loss probability per message, in percent.
+        percent: u32,
+        /// For how long.
+        ms: u64,
+    },
+    /// Client `client` cannot reach the current leader for `ms`.
+    CutFromLeader {
+        /// The client host.
+        client: String,
+        /// For how long.
+        ms: u64,
+    },
+    /// The leader's clock jumps by `delta_ms` (forwards when positive).
+    Jump {
+        /// The jump.
+        delta_ms: i64,
+    },
+}
+
+/// A fault and when it starts, in ms after the clients start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scheduled {
+    /// Start, relative to the moment the clients start.
+    pub at_ms: u64,
+    /// The fault.
+    pub fault: Fault,
+}
+
+/// The largest forward jump of the leader's clock the schedule makes: half the client's
+/// safety margin (`lsm_client::lease::safety_margin`). A larger one expires leases early
+/// on the server while clients still believe them valid (see `docs/testing.md`); with
+/// `big_jumps` the schedule makes such jumps anyway, to show it.
+pub fn max_forward_jump_ms(lease_ttl_ms: u64, big_jumps: bool) -> u64 {
+    if big_jumps {
+        return 2 * lease_ttl_ms;
+    }
+    let margin = lsm_client::lease::safety_margin(Duration::from_millis(lease_ttl_ms));
+    margin.as_millis() as u64 / 2
+}
+
+/// Draws a schedule of `count` faults starting in `[500, heal_ms)` after the clients start,
+/// each ending by `heal_ms`. `clients` are the client host names; nodes are `n1`..`n3`.
+pub fn schedule(
+    rng: &mut ChaCha8Rng,
+    count: usize,
+    heal_ms: u64,
+    clients: &[String],
+    lease_ttl_ms: u64,
+    big_jumps: bool,
+) -> Vec<Scheduled> {
+    let nodes: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    let hosts: Vec<String> = nodes.iter().chain(clients).cloned().collect();
+    let mut forward_left = max_forward_jump_ms(lease_ttl_ms, big_jumps);
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let at_ms = rng.random_range(500..heal_ms.max(501));
+        let room = heal_ms.saturating_sub(at_ms).max(1);
+        let ms = rng.random_range(1..=room.min(4_000));
+        let pick =
+            |rng: &mut ChaCha8Rng, from: &[String]| from[rng.random_range(0..from.len())].clone();
+        let pair = |rng: &mut ChaCha8Rng| {
+            let a = pick(rng, &nodes);
+            let b = loop {
+                let b = pick(rng, &hosts);
+                if b != a {
+                    break b;
+                }
+            };
+            (a, b)
+        };
+        let fault = match rng.random_range(0..100) {
+            0..=19 => Fault::Crash {
+                node: rng.random_range(0..3),
+                at_write: rng.random_bool(0.6).then(|| rng.random_range(1..=4)),
+                down_ms: ms,
+            },
+            20..=34 => {
+                let (a, b) = pair(rng);
+                Fault::Partition { a, b, ms }
+            }
+            35..=46 => {
+                let (a, b) = pair(rng);
+                let (from, to) = if rng.random_bool(0.5) { (a, b) } else { (b, a) };
+                Fault::OneWay { from, to, ms }
+            }
+            47..=56 => {
+                let (a, b) = pair(rng);
+                Fault::Hold { a, b, ms: ms.min(2_000) }
+            }
+            57..=66 => {
+                let (a, b) = pair(rng);
+                Fault::Slow { a, b, max_ms: rng.random_range(20..400), ms }
+            }
+            67..=76 => {
+                let (a, b) = pair(rng);
+                Fault::Lossy { a, b, percent: rng.random_range(1..=20), ms }
+            }
+            77..=86 if !clients.is_empty() => {
+                Fault::CutFromLeader { client: pick(rng, clients), ms }
+            }
+            _ => {
+                let forward = rng.random_bool(0.5) && forward_left > 0;
+                let delta_ms = if forward {
+                    let jump = rng.random_range(1..=forward_left);
+                    forward_left -= jump;
+                    jump as i64
+                } else {
+                    -(rng.random_range(1..=5_000) as i64)
+                };
+                Fault::Jump { delta_ms }
+            }
+        };
+        out.push(Scheduled { at_ms, fault });
+    }
+    out.sort_by_key(|s| s.at_ms);
+    out
+}
+
+/// The unordered pair of two hosts, for keeping link faults apart.
+pub fn link(a: &str, b: &str) -> (String, String) {
+    if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) }
+}
+
+/// Link faults in force, by unordered pair.
+pub type Links = BTreeSet<(String, String)>;
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn schedules_end_by_the_heal_and_bound_forward_jumps() {
+        let clients = vec!["c1".to_string(), "c2".to_string()];
+        for seed in 0..200 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let faults = schedule(&mut rng, 12, 8_000, &clients, 3_000, false);
+            let mut forward = 0;
+            for s in &faults {
+                assert!(s.at_ms >= 500 && s.at_ms < 8_000, "{s:?}");
+                if let Fault::Jump { delta_ms } = s.fault
+                    && delta_ms > 0
+                {
+                    forward += delta_ms;
+                }
+            }
+            assert!(forward as u64 <= max_forward_jump_ms(3_000, false), "seed {seed}");
+        }
+    }
+}

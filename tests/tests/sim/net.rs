@@ -1,0 +1,229 @@
+//! The real HTTP stack over turmoil's simulated TCP.
+//!
+//! lsm opens sockets in exactly three places, each behind a seam (`docs/ARCHITECTURE.md`,
+//! "the transport seams"): the server's listener (whoever serves `Server::router`), the
+//! client's and the forwarding server's `lsm_client::transport::Transport`, and the peer
+//! RPCs' `lsm_raft::network::http::PeerTransport`. This module fills all three with
+//! turmoil: [`SimListener`] is an `axum::serve::Listener`, [`SimConnector`] a hyper-util
+//! connector for `HyperTransport`, and [`PeerOverTransport`] sends peer RPCs through that
+//! same transport. axum, hyper and the server's handlers run unchanged.
+//!
+//! A node that a crash fault has *doomed* (see `world.rs`) keeps running until the end of
+//! the simulation step, but nothing it writes reaches the network any more, and it opens
+//! no connections: it has, as far as anyone else can tell, already crashed. Every stream
+//! a node's host opens or accepts carries that host's [`Doom`] flag.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use lsm_client::transport::{HyperTransport, Transport, TransportError};
+use lsm_raft::network::MAX_MESSAGE_BYTES;
+use lsm_raft::network::http::{PeerAnswer, PeerFailure, PeerTransport};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// With `LSM_SIM_TRACE` set: every network write and every blocking storage call, for
+/// finding where two runs of one seed part (see `a_seed_replays_exactly`).
+pub static TRACE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Appends to [`TRACE`] when `LSM_SIM_TRACE` is set, stamped with the simulated time
+/// when called on the simulation thread.
+pub fn trace(what: impl FnOnce() -> String) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("LSM_SIM_TRACE").is_some()) {
+        // Off the simulation thread (a blocking storage call) there is no simulated time.
+        let at = turmoil::in_simulation().then(turmoil::sim_elapsed).flatten();
+        let at = at.map_or_else(|| "-".to_string(), |d| d.as_millis().to_string());
+        let line = format!("{at:>7} {}", what());
+        TRACE.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+}
+
+/// The port every node serves on.
+pub const PORT: u16 = 7101;
+
+/// Set once the host's incarnation is doomed: its output goes nowhere from then on.
+#[derive(Clone, Debug, Default)]
+pub struct Doom(Arc<AtomicBool>);
+
+impl Doom {
+    /// A fresh, live flag.
+    pub fn new() -> Doom {
+        Doom::default()
+    }
+
+    /// Marks the incarnation as crashed.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// True once crashed.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A turmoil TCP stream that swallows its writes once its host is doomed.
+#[derive(Debug)]
+pub struct SimStream {
+    inner: turmoil::net::TcpStream,
+    doom: Doom,
+}
+
+impl AsyncRead for SimStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SimStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.doom.is_set() {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        trace(|| {
+            let (from, to) = (self.inner.local_addr().ok(), self.inner.peer_addr().ok());
+            let head = String::from_utf8_lossy(&buf[..buf.len().min(40)]).into_owned();
+            format!("write {from:?} -> {to:?}: {} bytes {head:?}", buf.len())
+        });
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.doom.is_set() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.doom.is_set() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connection for SimStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+/// A turmoil listener serving axum.
+pub struct SimListener {
+    inner: turmoil::net::TcpListener,
+    doom: Doom,
+}
+
+impl SimListener {
+    /// Listens on [`PORT`] of the current host.
+    pub async fn bind(doom: Doom) -> io::Result<SimListener> {
+        let inner = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+        Ok(SimListener { inner, doom })
+    }
+}
+
+impl axum::serve::Listener for SimListener {
+    type Io = SimStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (SimStream, std::net::SocketAddr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((inner, addr)) => return (SimStream { inner, doom: self.doom.clone() }, addr),
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A hyper-util connector that dials turmoil hosts by name (`n1:7101`).
+#[derive(Clone, Debug)]
+pub struct SimConnector {
+    doom: Doom,
+}
+
+impl tower_service::Service<http::Uri> for SimConnector {
+    type Response = TokioIo<SimStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<SimStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let doom = self.doom.clone();
+        Box::pin(async move {
+            if doom.is_set() {
+                return Err(io::Error::new(io::ErrorKind::NotConnected, "this host has crashed"));
+            }
+            let host = uri.host().ok_or_else(|| io::Error::other("no host in the URI"))?;
+            let port = uri.port_u16().unwrap_or(80);
+            let inner = turmoil::net::TcpStream::connect(format!("{host}:{port}")).await?;
+            Ok(TokioIo::new(SimStream { inner, doom }))
+        })
+    }
+}
+
+/// The real `HyperTransport` over simulated TCP, for clients and for forwarding.
+pub fn transport(doom: Doom) -> Arc<dyn Transport> {
+    Arc::new(HyperTransport::with_connector(SimConnector { doom }))
+}
+
+/// Peer RPCs as plain HTTP exchanges through a [`Transport`]: `POST {path}`,
+/// `application/octet-stream`, the status and body back.
+pub struct PeerOverTransport(pub Arc<dyn Transport>);
+
+impl PeerTransport for PeerOverTransport {
+    fn post(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<PeerAnswer, PeerFailure>> + Send + 'static>> {
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(path)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .body(Bytes::from(body));
+        let sent = request.map(|request| self.0.send(addr, request, timeout));
+        Box::pin(async move {
+            let sent = sent.map_err(|e| PeerFailure::Failed(e.to_string()))?;
+            match sent.await {
+                Ok(answer) => {
+                    let status = answer.status().as_u16();
+                    let body = answer.into_body();
+                    let body = (body.len() <= MAX_MESSAGE_BYTES).then_some(body);
+                    Ok(PeerAnswer { status, body })
+                }
+                Err(
+                    TransportError::Connect { reason, .. } | TransportError::Invalid { reason, .. },
+                ) => Err(PeerFailure::Unreachable(reason)),
+                Err(TransportError::Timeout { .. }) => Err(PeerFailure::Timeout),
+                Err(TransportError::Io { reason, .. }) => Err(PeerFailure::Failed(reason)),
+            }
+        })
+    }
+}
