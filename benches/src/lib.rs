@@ -1,5 +1,8 @@
 //! Benchmarks and the load tools for lsm. The criterion benchmarks live in `benches/`, the
-//! measurement tools in `src/bin/`; this library holds what they share.
+//! measurement tools in `src/bin/`; this library holds what they share, and the load
+//! tool `lsm_bench` ([`load`]).
+
+pub mod load;
 
 /// A well-known valid name.
 pub fn name<T: std::str::FromStr<Err = lsm_core::NameError>>(s: &str) -> T {
