@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{self, Backend, BackendError};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
@@ -60,10 +60,7 @@ impl LogStore {
         &self,
         op: impl FnOnce(&dyn Backend) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || op(backend.as_ref()))
-            .await
-            .map_err(|e| BackendError(format!("storage task failed: {e}")))?
+        backend::run(&self.backend, op).await
     }
 
     fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -82,12 +79,7 @@ async fn flusher(
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let b = backend.clone();
-        let failure = match tokio::task::spawn_blocking(move || b.flush()).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(format!("flush task failed: {e}")),
-        };
+        let failure = backend::run(&backend, |b| b.flush()).await.err().map(|e| e.to_string());
         if let Some(failure) = &failure {
             tracing::error!(%failure, "log flush failed; entries are not durable");
         }

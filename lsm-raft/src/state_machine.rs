@@ -18,7 +18,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{self, Backend};
 use crate::types::{
     Applied, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -123,11 +123,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (meta, postcard::to_allocvec(&file).map_err(sm_err)?)
         };
         let meta_bytes = postcard::to_allocvec(&meta).map_err(sm_err)?;
-        let backend = self.backend.clone();
         let saved = data.clone();
-        tokio::task::spawn_blocking(move || backend.save_snapshot(&meta_bytes, &saved))
+        backend::run(&self.backend, move |b| b.save_snapshot(&meta_bytes, &saved))
             .await
-            .map_err(sm_err)?
             .map_err(sm_err)?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -191,11 +189,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let file: SnapshotFile = postcard::from_bytes(&data).map_err(snapshot_err)?;
         let state = State::restore(&file.state).map_err(snapshot_err)?;
         let meta_bytes = postcard::to_allocvec(meta).map_err(sm_err)?;
-        let backend = self.backend.clone();
         let saved = data;
-        tokio::task::spawn_blocking(move || backend.save_snapshot(&meta_bytes, &saved))
+        backend::run(&self.backend, move |b| b.save_snapshot(&meta_bytes, &saved))
             .await
-            .map_err(sm_err)?
             .map_err(sm_err)?;
         let mut machine = self.write();
         machine.last_applied = meta.last_log_id;

@@ -186,6 +186,10 @@ impl Backend for MemoryBackend {
     fn load_snapshot(&self) -> BackendResult<Option<(Vec<u8>, Vec<u8>)>> {
         Ok(self.lock().current.snapshot.clone())
     }
+
+    fn blocks(&self) -> bool {
+        false
+    }
 }
 
 impl From<std::io::Error> for BackendError {

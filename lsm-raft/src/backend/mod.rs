@@ -63,4 +63,26 @@ pub trait Backend: Send + Sync + 'static {
     fn save_snapshot(&self, meta: &[u8], data: &[u8]) -> BackendResult<()>;
     /// The current snapshot's metadata and data, if any.
     fn load_snapshot(&self) -> BackendResult<Option<(Vec<u8>, Vec<u8>)>>;
+    /// True when calls may block on IO, so async callers run the slow ones (flushes,
+    /// durable writes, snapshots) on a blocking thread; false for a backend whose every
+    /// call returns at once, which is then called inline. Inline calls keep a simulated
+    /// node on its one thread, so a seed replays exactly.
+    fn blocks(&self) -> bool {
+        true
+    }
+}
+
+/// Runs `op` on `backend` from async code: on one of tokio's blocking threads when the
+/// backend [blocks](Backend::blocks), else inline.
+pub(crate) async fn run<T: Send + 'static>(
+    backend: &std::sync::Arc<dyn Backend>,
+    op: impl FnOnce(&dyn Backend) -> BackendResult<T> + Send + 'static,
+) -> BackendResult<T> {
+    if !backend.blocks() {
+        return op(backend.as_ref());
+    }
+    let backend = backend.clone();
+    tokio::task::spawn_blocking(move || op(backend.as_ref()))
+        .await
+        .map_err(|e| BackendError(format!("storage task failed: {e}")))?
 }

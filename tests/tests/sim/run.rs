@@ -78,7 +78,6 @@ const CONVERGE: Duration = Duration::from_secs(10);
 /// Runs one seed.
 pub fn run(options: Options) -> Report {
     let seed = options.seed;
-    world::mark_sim_thread();
     lsm_raft::runtime::seed_thread_rng(seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let full = options.kind == Kind::Full;
@@ -266,9 +265,6 @@ pub fn run(options: Options) -> Report {
         entries.len(),
         time.ms()
     );
-    for ctl in &driver.nodes {
-        ctl.stopping();
-    }
     drop(sim);
     Report { seed, digest: hasher.finish(), entries, violations, sim_ms: time.ms(), summary }
 }
@@ -408,7 +404,6 @@ impl Driver {
     /// Stops node `node` now; its disk keeps what it had flushed.
     fn crash_now(&mut self, sim: &mut turmoil::Sim<'_>, node: usize) {
         let ctl = &self.nodes[node];
-        ctl.stopping();
         sim.crash(ctl.name);
         let lost = ctl.after_crash();
         self.armed.remove(&node);

@@ -14,11 +14,9 @@
 //! step and restarts it from the image later. That is a power cut in the middle of an
 //! append, between the write and the fsync.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use lsm_core::{Entitlement, Install, Limits, PoolSpec};
 use lsm_raft::backend::{Backend, BackendResult, MemoryBackend, RawEntry};
@@ -134,11 +132,6 @@ pub struct NodeCtl {
     crash: Mutex<CrashState>,
     /// Boots so far.
     pub boots: AtomicU64,
-    /// The host is being stopped: storage calls from blocking threads must not wait for
-    /// its runtime to park (see [`SimDisk`]).
-    stopping: AtomicBool,
-    /// The park count of the host's runtime at which the last blocking storage call ran.
-    gate: Mutex<Option<u64>>,
 }
 
 #[derive(Default)]
@@ -162,8 +155,6 @@ impl NodeCtl {
             node: Mutex::new(None),
             crash: Mutex::new(CrashState::default()),
             boots: AtomicU64::new(0),
-            stopping: AtomicBool::new(false),
-            gate: Mutex::new(None),
         })
     }
 
@@ -180,11 +171,6 @@ impl NodeCtl {
     /// True when an armed crash has taken its image: stop the host now.
     pub fn crash_taken(&self) -> bool {
         self.crash.lock().unwrap_or_else(|e| e.into_inner()).image.is_some()
-    }
-
-    /// The host is about to be stopped (crashed, or the simulation ends).
-    pub fn stopping(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// After the host was stopped: the disk becomes what the crash left (the image taken
@@ -204,8 +190,6 @@ impl NodeCtl {
     /// Starts an incarnation: its doom flag and its disk.
     fn boot(self: &Arc<Self>) -> (Doom, Arc<dyn Backend>) {
         self.boots.fetch_add(1, Ordering::SeqCst);
-        self.stopping.store(false, Ordering::SeqCst);
-        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let doom = Doom::new();
         let mut crash = self.crash.lock().unwrap_or_else(|e| e.into_inner());
         *crash = CrashState { doom: doom.clone(), ..CrashState::default() };
@@ -234,90 +218,6 @@ impl NodeCtl {
     }
 }
 
-thread_local! {
-    static SIM_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks this thread as the one that runs the simulation.
-pub fn mark_sim_thread() {
-    SIM_THREAD.with(|t| t.set(true));
-}
-
-/// Longest a blocking storage call waits for its host's runtime to park before it gives
-/// up on determinism and goes ahead (only when the machine stalls the simulation thread).
-const GATE_PATIENCE: Duration = Duration::from_secs(2);
-
-impl NodeCtl {
-    /// Runs a storage call made on one of tokio's blocking threads (the log store flushes,
-    /// saves the vote, truncates and saves snapshots in `spawn_blocking`) only once the
-    /// host's single-threaded runtime has parked with nothing left to run, one call at a
-    /// time. Its completion then wakes an idle runtime, so the order in which the
-    /// simulation thread runs tasks does not depend on how fast the blocking thread was.
-    /// A call on the simulation thread itself runs at once.
-    fn gated<T>(&self, op: impl FnOnce() -> T) -> T {
-        if SIM_THREAD.with(Cell::get) {
-            return op();
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return op() };
-        let metrics = handle.metrics();
-        let mut last = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        let started = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            match idle::parked(&metrics) {
-                Some((parks, polls)) if last.is_none_or(|last| parks > last) => {
-                    let id = self.id;
-                    crate::net::trace(|| {
-                        format!("n{id} storage call at park {parks}, poll {polls}")
-                    });
-                    *last = Some(parks);
-                    return op();
-                }
-                // Without `--cfg tokio_unstable` the runtime cannot be watched: no gate.
-                None if !idle::WATCHABLE => return op(),
-                _ => {}
-            }
-            if self.stopping.load(Ordering::SeqCst) || started.elapsed() > GATE_PATIENCE {
-                return op();
-            }
-            spins += 1;
-            if spins < 200 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::sleep(Duration::from_micros(20));
-            }
-        }
-    }
-}
-
-/// Whether a host's runtime is parked with nothing to run, from tokio's runtime metrics,
-/// which exist only under `--cfg tokio_unstable` (`.cargo/config.toml` sets it).
-mod idle {
-    #![allow(unexpected_cfgs)]
-
-    use tokio::runtime::RuntimeMetrics;
-
-    /// True when [`parked`] can tell.
-    pub const WATCHABLE: bool = cfg!(tokio_unstable);
-
-    /// The runtime's park count and task polls so far, if it is parked with no task
-    /// queued.
-    #[cfg(tokio_unstable)]
-    pub fn parked(metrics: &RuntimeMetrics) -> Option<(u64, u64)> {
-        let parks = metrics.worker_park_unpark_count(0);
-        let idle = parks % 2 == 1
-            && metrics.global_queue_depth() == 0
-            && metrics.worker_local_queue_depth(0) == 0;
-        idle.then(|| (parks, metrics.worker_poll_count(0)))
-    }
-
-    /// Without the metrics, never known.
-    #[cfg(not(tokio_unstable))]
-    pub fn parked(_metrics: &RuntimeMetrics) -> Option<(u64, u64)> {
-        None
-    }
-}
-
 /// The disk a node runs on: the crash-model backend, watched for armed crashes.
 struct SimDisk {
     live: Arc<MemoryBackend>,
@@ -334,14 +234,14 @@ impl Backend for SimDisk {
         self.live.put_meta(key, value)
     }
     fn put_meta_durable(&self, key: &str, value: &[u8]) -> BackendResult<()> {
-        self.ctl.gated(|| self.live.put_meta_durable(key, value))
+        self.live.put_meta_durable(key, value)
     }
     fn append(&self, entries: &[RawEntry]) -> BackendResult<()> {
         self.ctl.before_write(&self.live, &self.doom);
         self.live.append(entries)
     }
     fn flush(&self) -> BackendResult<()> {
-        self.ctl.gated(|| self.live.flush())
+        self.live.flush()
     }
     fn entries(&self, from: u64, to: u64) -> BackendResult<Vec<RawEntry>> {
         self.live.entries(from, to)
@@ -350,17 +250,22 @@ impl Backend for SimDisk {
         self.live.last_entry()
     }
     fn truncate_from(&self, from: u64) -> BackendResult<()> {
-        self.ctl.gated(|| self.live.truncate_from(from))
+        self.live.truncate_from(from)
     }
     fn purge_upto(&self, upto: u64) -> BackendResult<()> {
         self.ctl.before_write(&self.live, &self.doom);
         self.live.purge_upto(upto)
     }
     fn save_snapshot(&self, meta: &[u8], data: &[u8]) -> BackendResult<()> {
-        self.ctl.gated(|| self.live.save_snapshot(meta, data))
+        self.live.save_snapshot(meta, data)
     }
     fn load_snapshot(&self) -> BackendResult<Option<(Vec<u8>, Vec<u8>)>> {
         self.live.load_snapshot()
+    }
+    fn blocks(&self) -> bool {
+        // Every call returns at once: the node calls it inline, on the simulation
+        // thread, so task order never depends on a blocking thread's speed.
+        false
     }
 }
 
