@@ -7,7 +7,10 @@
 //! (`not_leader`, `no_quorum`, `unavailable`, `timeout`, `forward_failed`), is left for
 //! the next; a leader hint is followed at once. When every server has failed once, the
 //! client pauses (exponential backoff with jitter, from `backoff_min` to `backoff_max`)
-//! and starts another round, until the deadline.
+//! and starts another round, until the deadline. While a live node says the leader is
+//! changing (`not_leader`, `forward_failed`) the pause is capped at
+//! [`ELECTION_BACKOFF_MAX`]: an election ends within a second, and a client asleep in a
+//! long backoff round would leave the new leader idle.
 //!
 //! A write carries the same client id and sequence number on every exchange of one
 //! operation (see [`crate::session`]), so retrying after a lost reply, a timeout or a
@@ -90,12 +93,17 @@ struct Call<'a> {
     admin: bool,
 }
 
+/// The longest pause between retry rounds while a live node reports that the leader is
+/// changing (see the module docs).
+pub const ELECTION_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
 /// The answer to one exchange.
 enum Outcome<T> {
     /// Final: an answer or a refusal.
     Done(Result<T, ClientError>),
-    /// Try elsewhere or later; `hint` is the leader an answer named.
-    Retry { reason: String, hint: Option<String> },
+    /// Try elsewhere or later; `hint` is the leader an answer named; `electing` when a
+    /// live node answered that the leader is changing.
+    Retry { reason: String, hint: Option<String>, electing: bool },
 }
 
 impl std::fmt::Debug for Client {
@@ -321,6 +329,7 @@ impl Client {
         let mut tried: Vec<String> = Vec::new();
         let mut rounds = 0u32;
         let mut hint: Option<String> = None;
+        let mut electing = false;
         loop {
             let target = match hint.take().filter(|h| !tried.contains(h)) {
                 Some(leader) => leader,
@@ -328,7 +337,13 @@ impl Client {
                     Some(target) => target,
                     None => {
                         // Every server failed once: pause before the next round.
-                        let pause = self.backoff(budget.backoff_max, rounds);
+                        let max = if electing {
+                            budget.backoff_max.min(ELECTION_BACKOFF_MAX)
+                        } else {
+                            budget.backoff_max
+                        };
+                        electing = false;
+                        let pause = self.backoff(max, rounds);
                         rounds = rounds.saturating_add(1);
                         let now = Instant::now();
                         if now + pause >= budget.deadline {
@@ -355,8 +370,9 @@ impl Client {
                     }
                     return result;
                 }
-                Outcome::Retry { reason, hint: named } => {
+                Outcome::Retry { reason, hint: named, electing: changing } => {
                     last = reason;
+                    electing |= changing;
                     self.failed(&target);
                     hint = named.filter(|h| *h != target);
                 }
@@ -377,7 +393,7 @@ impl Client {
         };
         let response = match self.inner.transport.send(addr, request, timeout).await {
             Ok(response) => response,
-            Err(e) => return Outcome::Retry { reason: e.to_string(), hint: None },
+            Err(e) => return Outcome::Retry { reason: e.to_string(), hint: None, electing: false },
         };
         let status = response.status();
         let hint = response
@@ -401,14 +417,16 @@ impl Client {
             Ok(ErrorBody { error }) if error.code.is_retryable() => {
                 let reason = format!("{addr}: {} ({})", error.message, error.code);
                 let hint = hint.or(error.leader);
-                Outcome::Retry { reason, hint }
+                let electing =
+                    matches!(error.code, api::ErrorCode::NotLeader | api::ErrorCode::ForwardFailed);
+                Outcome::Retry { reason, hint, electing }
             }
             Ok(ErrorBody { error }) => Outcome::Done(Err(ClientError::Api {
                 status: status.as_u16(),
                 detail: Box::new(error),
             })),
             Err(_) if is_gateway_trouble(status) => {
-                Outcome::Retry { reason: format!("{addr}: HTTP {status}"), hint }
+                Outcome::Retry { reason: format!("{addr}: HTTP {status}"), hint, electing: false }
             }
             Err(e) => Outcome::Done(Err(ClientError::Decode {
                 addr: addr.to_string(),

@@ -393,3 +393,55 @@ async fn admin_routes_carry_the_admin_token_and_reads_do_not() {
         Err(ClientError::Unavailable { attempts: 1, .. })
     ));
 }
+
+/// Answers every exchange at once, without a network: `not_leader` from a live node, or
+/// a refused connection, and counts the exchanges.
+struct Scripted {
+    electing: bool,
+    exchanges: Mutex<u32>,
+}
+
+impl Transport for Scripted {
+    fn send(
+        &self,
+        addr: &str,
+        _request: http::Request<Bytes>,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<http::Response<Bytes>, TransportError>> {
+        *self.exchanges.lock().unwrap() += 1;
+        let addr = addr.to_string();
+        let electing = self.electing;
+        Box::pin(async move {
+            if !electing {
+                return Err(TransportError::Connect { addr, reason: "refused (test)".into() });
+            }
+            let body = r#"{"error":{"code":"not_leader","message":"an election is running"}}"#;
+            Ok(http::Response::builder().status(503).body(Bytes::from(body)).unwrap())
+        })
+    }
+}
+
+/// Exchanges in a failed 10 s operation with a 10 s backoff cap, on paused time.
+async fn exchanges_until_the_deadline(electing: bool) -> u32 {
+    let transport = Arc::new(Scripted { electing, exchanges: Mutex::new(0) });
+    let mut config = config(&["n1:1".to_string(), "n2:1".to_string()]);
+    config.backoff_min = Duration::from_millis(50);
+    config.backoff_max = Duration::from_secs(10);
+    config.deadline = Duration::from_secs(10);
+    let client = Client::with_transport(config, transport.clone()).unwrap();
+    let error = client.checkout_once(body(1, None)).await.unwrap_err();
+    assert!(matches!(error, ClientError::Unavailable { .. }), "{error}");
+    *transport.exchanges.lock().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stay_frequent_while_an_election_runs_and_back_off_when_nodes_are_down() {
+    // Live nodes saying the leader is changing: rounds at most 250 ms apart, so at least
+    // 10 s / 250 ms = 40 rounds of two exchanges.
+    let electing = exchanges_until_the_deadline(true).await;
+    assert!(electing >= 80, "{electing} exchanges while electing");
+    // Nodes that cannot be reached: the backoff doubles to the 10 s cap (50, 100, ...
+    // 6.4 s at most 12.7 s in all), so no more than 9 rounds.
+    let down = exchanges_until_the_deadline(false).await;
+    assert!(down <= 18, "{down} exchanges while the nodes are down");
+}

@@ -51,8 +51,8 @@ impl Default for Timing {
     fn default() -> Self {
         Timing {
             heartbeat_ms: 50,
-            election_min_ms: 250,
-            election_max_ms: 450,
+            election_min_ms: 150,
+            election_max_ms: 300,
             snapshot_after_entries: 20_000,
             keep_after_snapshot: 1_000,
             tick_poll_ms: 100,

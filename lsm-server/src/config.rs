@@ -437,7 +437,7 @@ impl Config {
             return bad(
                 "raft.election_max_ms",
                 format!(
-                    "{} must be above raft.election_min_ms ({}), so candidates time out at different moments; 450 goes with the default 250",
+                    "{} must be above raft.election_min_ms ({}), so candidates time out at different moments; 300 goes with the default 150",
                     r.election_max_ms, r.election_min_ms
                 ),
             );

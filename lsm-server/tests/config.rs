@@ -53,7 +53,7 @@ fn example_files_parse_and_validate() {
 fn the_environment_overrides_the_file() {
     jail(|jail| {
         jail.set_env("LSM_NODE_ID", 2);
-        jail.set_env("LSM_RAFT__HEARTBEAT_MS", 60);
+        jail.set_env("LSM_RAFT__HEARTBEAT_MS", 40);
         jail.set_env("LSM_LIMITS__MAX_QUEUE_LEN", 7);
         jail.set_env("LSM_LOG_FORMAT", "json");
         jail.set_env("LSM_ADMIN_TOKEN", "12345");
@@ -64,8 +64,8 @@ fn the_environment_overrides_the_file() {
         config.validate()?;
         assert_eq!(config.node_id, 2);
         assert_eq!(config.advertise(), "127.0.0.1:7102");
-        assert_eq!(config.raft.heartbeat_ms, 60);
-        assert_eq!(config.raft.election_min_ms, 250);
+        assert_eq!(config.raft.heartbeat_ms, 40);
+        assert_eq!(config.raft.election_min_ms, 150);
         assert_eq!(config.limits.max_queue_len, 7);
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.admin_token, "12345");
@@ -78,13 +78,13 @@ fn the_environment_overrides_the_file() {
 fn flags_override_the_environment() {
     jail(|jail| {
         jail.set_env("LSM_NODE_ID", 2);
-        jail.set_env("LSM_RAFT__HEARTBEAT_MS", 60);
+        jail.set_env("LSM_RAFT__HEARTBEAT_MS", 40);
         let overrides = Overrides {
             node_id: Some(3),
             listen: Some("127.0.0.1:9000".into()),
             data_dir: Some("elsewhere".into()),
             set: vec![
-                "raft.heartbeat_ms=70".into(),
+                "raft.heartbeat_ms=45".into(),
                 "raft.election_max_ms = 900".into(),
                 "limits.max_queue_len=5".into(),
                 "lease_ttl_ms=15000".into(),
@@ -99,7 +99,7 @@ fn flags_override_the_environment() {
         assert_eq!(config.listen, "127.0.0.1:9000");
         assert_eq!(config.advertise(), "127.0.0.1:7103");
         assert_eq!(config.data_dir, PathBuf::from("elsewhere"));
-        assert_eq!(config.raft.heartbeat_ms, 70);
+        assert_eq!(config.raft.heartbeat_ms, 45);
         assert_eq!(config.raft.election_max_ms, 900);
         assert_eq!(config.limits.max_queue_len, 5);
         assert_eq!(config.lease_ttl_ms, 15_000);
@@ -268,7 +268,7 @@ fn validation_names_the_field_and_the_fix() {
             Box::new(|c| c.raft.election_min_ms = 100),
             "100 must be at least 3 x raft.heartbeat_ms (50)",
         ),
-        ("raft.election_max_ms", Box::new(|c| c.raft.election_max_ms = 250), "must be above"),
+        ("raft.election_max_ms", Box::new(|c| c.raft.election_max_ms = 150), "must be above"),
         (
             "raft.snapshot_after_entries",
             Box::new(|c| c.raft.snapshot_after_entries = 0),
