@@ -29,21 +29,32 @@ use lsm_raft::network::MAX_MESSAGE_BYTES;
 use lsm_raft::network::http::{PeerAnswer, PeerFailure, PeerTransport};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// With `LSM_SIM_TRACE` set: every network write and every blocking storage call, for
-/// finding where two runs of one seed part (see `a_seed_replays_exactly`).
-pub static TRACE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+thread_local! {
+    /// With `LSM_SIM_TRACE` set: every network write of the simulation running on this
+    /// thread, for finding where two runs of one seed part (see `a_seed_replays_exactly`).
+    static TRACE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
-/// Appends to [`TRACE`] when `LSM_SIM_TRACE` is set, stamped with the simulated time
-/// when called on the simulation thread.
-pub fn trace(what: impl FnOnce() -> String) {
+/// True when `LSM_SIM_TRACE` is set.
+pub fn tracing() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *ON.get_or_init(|| std::env::var_os("LSM_SIM_TRACE").is_some()) {
-        // Off the simulation thread (a blocking storage call) there is no simulated time.
+    *ON.get_or_init(|| std::env::var_os("LSM_SIM_TRACE").is_some())
+}
+
+/// Appends to this thread's trace when `LSM_SIM_TRACE` is set, stamped with the
+/// simulated time.
+pub fn trace(what: impl FnOnce() -> String) {
+    if tracing() {
         let at = turmoil::in_simulation().then(turmoil::sim_elapsed).flatten();
-        let at = at.map_or_else(|| "-".to_string(), |d| d.as_millis().to_string());
-        let line = format!("{at:>7} {}", what());
-        TRACE.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        let at = at.map_or_else(|| "-".to_string(), |d| d.as_nanos().to_string());
+        let line = format!("{at:>13} {}", what());
+        TRACE.with(|t| t.borrow_mut().push(line));
     }
+}
+
+/// This thread's trace so far, emptying it.
+pub fn take_trace() -> Vec<String> {
+    TRACE.with(|t| std::mem::take(&mut *t.borrow_mut()))
 }
 
 /// The port every node serves on.

@@ -311,8 +311,10 @@ pub async fn operator_main(seed: u64, control: Arc<Control>) -> turmoil::Result 
             break Err(format!("no checkout was answered within {LIVENESS_BOUND:?} of the heal"));
         }
         job += 1;
-        let mut item = ItemBody::tokens("abaqus".parse().expect("feature"), 1);
-        item.pool = Some("a".parse().expect("pool"));
+        // One core of lsdyna: the linearizability runs model abaqus alone, and a probe
+        // holding an abaqus token unseen by the clients' history would make a correct
+        // refusal look wrong.
+        let item = ItemBody::cores("lsdyna".parse().expect("feature"), 1, ParallelMode::Mpp);
         let body = CheckoutBody {
             client: None,
             seq: None,
