@@ -134,11 +134,7 @@ impl Shared {
             RaftError::NotLeader { leader_addr: Some(addr), leader_id }
                 if incoming.forwarded_by().is_none() && leader_id != Some(self.node.id()) =>
             {
-                // The leader gets the whole request timeout, and this node waits a little
-                // longer, so the leader's own `504 timeout` is what the client sees.
-                let dial = self.dial.addr(leader_id, &addr);
-                let timeout = timeout + Duration::from_secs(1);
-                Ok(forward::forward(self, incoming, &addr, dial, timeout).await)
+                Ok(self.forward_to(incoming, leader_id, &addr, timeout).await)
             }
             RaftError::NotLeader { leader_addr: None, .. } if self.node.status().members.is_empty() => {
                 Err(ApiError::new(
@@ -152,9 +148,7 @@ impl Shared {
                 // there, so a client that lists this node first is served.
                 match self.wait_for_other_leader(self.leader_wait(timeout)).await {
                     Some((leader_id, addr)) => {
-                        let dial = self.dial.addr(Some(leader_id), &addr);
-                        let timeout = timeout + Duration::from_secs(1);
-                        Ok(forward::forward(self, incoming, &addr, dial, timeout).await)
+                        Ok(self.forward_to(incoming, Some(leader_id), &addr, timeout).await)
                     }
                     // Still none, or this node leads now: the client retries.
                     None => Err(ApiError::raft(error)),
@@ -172,6 +166,20 @@ impl Shared {
             }
             error => Err(ApiError::raft(error)),
         }
+    }
+
+    /// Forwards `incoming` to the leader at `addr` (dialed at its `[dial]` address if it
+    /// has one). The leader gets the whole request timeout, and this node waits a little
+    /// longer, so the leader's own `504 timeout` is what the client sees.
+    async fn forward_to(
+        &self,
+        incoming: &Incoming,
+        leader_id: Option<u64>,
+        addr: &str,
+        timeout: Duration,
+    ) -> Response {
+        let dial = self.dial.addr(leader_id, addr);
+        forward::forward(self, incoming, addr, dial, timeout + Duration::from_secs(1)).await
     }
 
     /// How long a request that found no leader waits for one: two of the longest election
