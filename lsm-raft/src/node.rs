@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
-use crate::clock::Clock;
+use crate::clock::{Clock, Pace};
 use crate::error::Error;
 use crate::log_store::LogStore;
 use crate::state_machine::StateMachineStore;
@@ -45,6 +45,11 @@ pub struct Timing {
     pub keep_after_snapshot: u64,
     /// The timekeeper checks for due expiries at least this often.
     pub tick_poll_ms: u64,
+    /// Within a term, the leader's timestamps follow its wall clock but run at most this
+    /// many parts per million faster or slower than its monotonic clock, so a jump of the
+    /// wall clock reaches lease expiry only gradually (see [`crate::clock::Pace`]); 0
+    /// stamps the wall clock as it reads.
+    pub max_clock_drift_ppm: u64,
 }
 
 impl Default for Timing {
@@ -56,6 +61,7 @@ impl Default for Timing {
             snapshot_after_entries: 20_000,
             keep_after_snapshot: 1_000,
             tick_poll_ms: 100,
+            max_clock_drift_ppm: 50_000,
         }
     }
 }
@@ -119,6 +125,7 @@ pub struct LsmNode {
     sm: StateMachineStore,
     log: LogStore,
     clock: Arc<dyn Clock>,
+    pace: Pace,
     /// The last term in which this node, as leader, committed its `LeaderChange`.
     announced_term: AtomicU64,
     announcing: Mutex<()>,
@@ -164,6 +171,7 @@ impl LsmNode {
             sm,
             log,
             clock,
+            pace: Pace::new(config.timing.max_clock_drift_ppm),
             announced_term: AtomicU64::new(0),
             announcing: Mutex::new(()),
             batches,
@@ -207,10 +215,17 @@ impl LsmNode {
         answer.await.map_err(|_| Error::Stopped("the node is shutting down".into()))?
     }
 
+    /// The time to stamp a proposal with now: the wall clock, paced within the term.
+    fn stamp_ms(&self) -> u64 {
+        let term = self.raft.metrics().borrow().current_term;
+        let replicated = self.read_local(|s| s.now_ms());
+        self.pace.stamp(term, self.clock.now_ms(), replicated)
+    }
+
     /// Proposes one batch as one log entry; one output per command.
     async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Output>, Error> {
         let count = commands.len();
-        let proposal = Proposal { now_ms: self.clock.now_ms(), commands };
+        let proposal = Proposal { now_ms: self.stamp_ms(), commands };
         match self.raft.client_write(proposal).await {
             Ok(response) if response.data.outputs.len() == count => Ok(response.data.outputs),
             Ok(response) => Err(Error::Stopped(format!(
@@ -450,7 +465,7 @@ async fn timekeeper(node: std::sync::Weak<LsmNode>, stop: Arc<Notify>, poll: Dur
             let leading = node.raft.metrics().borrow().state == ServerState::Leader;
             if leading {
                 let due = node.read_local(|s| s.next_expiry());
-                let now = node.clock.now_ms();
+                let now = node.stamp_ms();
                 let result = match due {
                     Some(at) if at <= now => node.write(Command::Tick).await.map(|_| ()),
                     _ => node.announce_leadership().await,

@@ -116,6 +116,9 @@ pub struct RaftTiming {
     pub keep_after_snapshot: u64,
     /// The leader checks for due expiries at least this often.
     pub tick_poll_ms: u64,
+    /// How far, in parts per million, the leader's timestamps may run faster or slower
+    /// than its monotonic clock while they follow its wall clock (0: not paced).
+    pub max_clock_drift_ppm: u64,
 }
 
 /// What flags override, on top of the file and the environment.
@@ -168,6 +171,7 @@ impl Default for RaftTiming {
             snapshot_after_entries: t.snapshot_after_entries,
             keep_after_snapshot: t.keep_after_snapshot,
             tick_poll_ms: t.tick_poll_ms,
+            max_clock_drift_ppm: t.max_clock_drift_ppm,
         }
     }
 }
@@ -181,9 +185,14 @@ impl From<&RaftTiming> for Timing {
             snapshot_after_entries: t.snapshot_after_entries,
             keep_after_snapshot: t.keep_after_snapshot,
             tick_poll_ms: t.tick_poll_ms,
+            max_clock_drift_ppm: t.max_clock_drift_ppm,
         }
     }
 }
+
+/// The largest `raft.max_clock_drift_ppm`: 9 %, under the clients' lease safety margin
+/// of at least a tenth of the TTL.
+const MAX_CLOCK_DRIFT_PPM: u64 = 90_000;
 
 /// The top-level keys, for filtering the environment.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -450,6 +459,15 @@ impl Config {
         }
         if r.tick_poll_ms == 0 {
             return bad("raft.tick_poll_ms", "0 must be at least 1; 100 is the default".into());
+        }
+        if r.max_clock_drift_ppm > MAX_CLOCK_DRIFT_PPM {
+            return bad(
+                "raft.max_clock_drift_ppm",
+                format!(
+                    "{} is above {MAX_CLOCK_DRIFT_PPM}: leases would run out faster than clients renew them (their safety margin is a tenth of the TTL); 50000 is the default, 0 turns pacing off",
+                    r.max_clock_drift_ppm
+                ),
+            );
         }
         Ok(())
     }

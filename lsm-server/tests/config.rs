@@ -275,6 +275,11 @@ fn validation_names_the_field_and_the_fix() {
             "at least 1",
         ),
         ("raft.tick_poll_ms", Box::new(|c| c.raft.tick_poll_ms = 0), "at least 1"),
+        (
+            "raft.max_clock_drift_ppm",
+            Box::new(|c| c.raft.max_clock_drift_ppm = 200_000),
+            "200000 is above 90000: leases would run out",
+        ),
         ("lease_ttl_ms", Box::new(|c| c.lease_ttl_ms = 10), "outside limits.min_lease_ttl_ms"),
         (
             "queue_poll_ttl_ms",

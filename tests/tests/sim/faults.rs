@@ -19,7 +19,6 @@
 //! one-way partition), and a node is never crashed while it is already down.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -110,16 +109,12 @@ pub struct Scheduled {
     pub fault: Fault,
 }
 
-/// The largest forward jump of the leader's clock the schedule makes: half the client's
-/// safety margin (`lsm_client::lease::safety_margin`). A larger one expires leases early
-/// on the server while clients still believe them valid (see `docs/testing.md`); with
-/// `big_jumps` the schedule makes such jumps anyway, to show it.
-pub fn max_forward_jump_ms(lease_ttl_ms: u64, big_jumps: bool) -> u64 {
-    if big_jumps {
-        return 2 * lease_ttl_ms;
-    }
-    let margin = lsm_client::lease::safety_margin(Duration::from_millis(lease_ttl_ms));
-    margin.as_millis() as u64 / 2
+/// The most the schedule moves the leader's clock forwards in one run: two lease TTLs,
+/// far beyond the client's safety margin. Paced (`lsm_raft::clock::Pace`), replicated
+/// time gains at most 5 % on real time however far the clock jumps; unpaced, such a jump
+/// would expire leases early while their clients still believe them valid.
+pub fn max_forward_jump_ms(lease_ttl_ms: u64) -> u64 {
+    2 * lease_ttl_ms
 }
 
 /// Draws a schedule of `count` faults starting in `[500, heal_ms)` after the clients start,
@@ -130,11 +125,10 @@ pub fn schedule(
     heal_ms: u64,
     clients: &[String],
     lease_ttl_ms: u64,
-    big_jumps: bool,
 ) -> Vec<Scheduled> {
     let nodes: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
     let hosts: Vec<String> = nodes.iter().chain(clients).cloned().collect();
-    let mut forward_left = max_forward_jump_ms(lease_ttl_ms, big_jumps);
+    let mut forward_left = max_forward_jump_ms(lease_ttl_ms);
     let mut out = Vec::new();
     for _ in 0..count {
         let at_ms = rng.random_range(500..heal_ms.max(501));
@@ -219,7 +213,7 @@ mod tests {
         let clients = vec!["c1".to_string(), "c2".to_string()];
         for seed in 0..200 {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let faults = schedule(&mut rng, 12, 8_000, &clients, 3_000, false);
+            let faults = schedule(&mut rng, 12, 8_000, &clients, 3_000);
             let mut forward = 0;
             for s in &faults {
                 assert!(s.at_ms >= 500 && s.at_ms < 8_000, "{s:?}");
@@ -229,7 +223,7 @@ mod tests {
                     forward += delta_ms;
                 }
             }
-            assert!(forward as u64 <= max_forward_jump_ms(3_000, false), "seed {seed}");
+            assert!(forward as u64 <= max_forward_jump_ms(3_000), "seed {seed}");
         }
     }
 }

@@ -22,8 +22,8 @@
 //!   [`DEFAULT_LIN_SEEDS`] linearizability runs, and a replay check;
 //! - `LSM_SIM_SEEDS=5000` (and optionally `LSM_SIM_FIRST_SEED=N`): the long mode;
 //! - `LSM_SIM_SEED=N`: replays seed `N` (of both kinds) and prints its history;
-//! - `LSM_SIM_BIG_JUMPS=1`: lets the leader's clock jump forwards beyond the clients'
-//!   lease safety margin, a fault outside what lsm promises to survive.
+//! - `LSM_SIM_UNPACED=1`: turns off the pacing of the leader's clock
+//!   (`raft.max_clock_drift_ppm = 0`), to see the clock jumps expire leases early.
 
 mod checks;
 mod clock;
@@ -53,8 +53,8 @@ fn env_u64(name: &str) -> Option<u64> {
     Some(value.trim().parse().unwrap_or_else(|_| panic!("{name}={value:?} is not a number")))
 }
 
-fn big_jumps() -> bool {
-    std::env::var("LSM_SIM_BIG_JUMPS").is_ok_and(|v| v == "1")
+fn unpaced() -> bool {
+    std::env::var("LSM_SIM_UNPACED").is_ok_and(|v| v == "1")
 }
 
 /// The command that replays `seed`.
@@ -90,7 +90,7 @@ fn failure(report: &Report, kind: Kind, all_history: bool) -> String {
 
 /// Runs one seed, turning a panic into a failure report.
 fn run_one(seed: u64, kind: Kind) -> Result<Report, String> {
-    let options = Options { seed, kind, big_jumps: big_jumps() };
+    let options = Options { seed, kind, unpaced: unpaced() };
     match std::panic::catch_unwind(|| run::run(options)) {
         Ok(report) => Ok(report),
         Err(panic) => {
@@ -107,16 +107,8 @@ fn run_one(seed: u64, kind: Kind) -> Result<Report, String> {
     }
 }
 
-/// Taken shared by the many-seed runs and exclusively by the replay check. Two runs of
-/// one seed on a quiet process give the same digest, but a run alongside other
-/// simulations in the same process has been seen to differ by one tick (about one in
-/// three full test runs; the shared state behind it is not found yet), so the replay
-/// check runs alone.
-static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
 /// Runs `seeds` on as many threads as there are cores; the failures.
 fn run_many(seeds: std::ops::Range<u64>, kind: Kind) -> Vec<String> {
-    let _shared = ALONE.read().unwrap_or_else(|e| e.into_inner());
     let next = AtomicU64::new(seeds.start);
     let failures = Mutex::new(Vec::new());
     let simulated = AtomicU64::new(0);
@@ -131,6 +123,7 @@ fn run_many(seeds: std::ops::Range<u64>, kind: Kind) -> Vec<String> {
                         return;
                     }
                     let outcome = run_one(seed, kind);
+                    net::take_trace();
                     let problem = match outcome {
                         Ok(report) if report.violations.is_empty() => {
                             simulated.fetch_add(report.sim_ms, Ordering::SeqCst);
@@ -214,13 +207,13 @@ fn small_runs_are_linearizable() {
 const REPLAY_SEEDS: [u64; 4] = [3, 17, 101, 4242];
 
 /// A seed replays exactly: two runs of it give the same digest (history, violations and
-/// final state).
+/// final state), and with `LSM_SIM_TRACE=1` the same network trace, although the
+/// many-seed tests run other simulations in the same process meanwhile.
 #[test]
 fn a_seed_replays_exactly() {
     if env_u64("LSM_SIM_SEED").is_some() {
         return;
     }
-    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
     for seed in REPLAY_SEEDS {
         for kind in [Kind::Full, Kind::Linearizable] {
             net::take_trace();
@@ -230,8 +223,17 @@ fn a_seed_replays_exactly() {
             let second_trace = net::take_trace();
             if let Some(at) = first_trace.iter().zip(&second_trace).position(|(a, b)| a != b) {
                 let from = at.saturating_sub(8);
-                eprintln!(
-                    "seed {seed} ({kind:?}): the network traces part at write {at}:\n  first run:\n    {}\n  second run:\n    {}",
+                let mut files = Vec::new();
+                for (run, trace) in [(1, &first_trace), (2, &second_trace)] {
+                    let path =
+                        std::env::temp_dir().join(format!("lsm-sim-{seed}-{kind:?}-{run}.trace"));
+                    if std::fs::write(&path, trace.join("\n")).is_ok() {
+                        files.push(path.display().to_string());
+                    }
+                }
+                panic!(
+                    "seed {seed} ({kind:?}) did not replay: the network traces part at line {at} (whole traces: {}):\n  first run:\n    {}\n  second run:\n    {}",
+                    files.join(", "),
                     first_trace[from..(at + 3).min(first_trace.len())].join("\n    "),
                     second_trace[from..(at + 3).min(second_trace.len())].join("\n    "),
                 );

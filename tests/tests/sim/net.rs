@@ -13,11 +13,13 @@
 //! no connections: it has, as far as anyone else can tell, already crashed. Every stream
 //! a node's host opens or accepts carries that host's [`Doom`] flag.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,13 +43,15 @@ pub fn tracing() -> bool {
     *ON.get_or_init(|| std::env::var_os("LSM_SIM_TRACE").is_some())
 }
 
-/// Appends to this thread's trace when `LSM_SIM_TRACE` is set, stamped with the
-/// simulated time.
+/// Appends to this thread's trace when `LSM_SIM_TRACE` is set and a simulation step is
+/// running, stamped with the simulated time.
 pub fn trace(what: impl FnOnce() -> String) {
     if tracing() {
-        let at = turmoil::in_simulation().then(turmoil::sim_elapsed).flatten();
-        let at = at.map_or_else(|| "-".to_string(), |d| d.as_nanos().to_string());
-        let line = format!("{at:>13} {}", what());
+        // Outside a step (the teardown after the run) nothing reaches the run's history.
+        let Some(at) = turmoil::in_simulation().then(turmoil::sim_elapsed).flatten() else {
+            return;
+        };
+        let line = format!("{:>13} {}", at.as_nanos(), what());
         TRACE.with(|t| t.borrow_mut().push(line));
     }
 }
@@ -60,47 +64,138 @@ pub fn take_trace() -> Vec<String> {
 /// The port every node serves on.
 pub const PORT: u16 = 7101;
 
-/// Set once the host's incarnation is doomed: its output goes nowhere from then on.
+/// One incarnation of a host on the network: its doom flag and its open streams.
+///
+/// Once the incarnation is doomed its output goes nowhere, and its connections are not
+/// closed when its tasks are dropped: a crashed machine sends no FIN. They are kept,
+/// silent, until the host's next incarnation boots and closes them ([`Doom::close_all`]),
+/// as a rebooted machine resets the connections it no longer knows. A client host closes
+/// its streams the same way when its work is done ([`Closer`]).
+///
+/// Besides being the realistic model, this keeps a run a function of its seed alone.
+/// tokio drops a runtime's tasks in an order that depends on process-wide task ids, so
+/// closes sent from those drops (when a host crashes or a client host finishes) would
+/// reach turmoil, which draws each message's latency from the seeded random source, in
+/// an order that other simulations in the same process could change. Here every close
+/// happens in the order the streams were opened.
 #[derive(Clone, Debug, Default)]
-pub struct Doom(Arc<AtomicBool>);
+pub struct Doom(Arc<DoomState>);
+
+#[derive(Debug, Default)]
+struct DoomState {
+    set: AtomicBool,
+    /// Streams opened or accepted so far; numbers them.
+    opened: AtomicU64,
+    /// The open streams, by the order they were opened in.
+    streams: Mutex<BTreeMap<u64, Shared>>,
+}
+
+/// A stream, shared by its [`SimStream`] and its incarnation's table; `None` once closed.
+type Shared = Arc<Mutex<Option<turmoil::net::TcpStream>>>;
 
 impl Doom {
-    /// A fresh, live flag.
+    /// A fresh, live incarnation.
     pub fn new() -> Doom {
         Doom::default()
     }
 
     /// Marks the incarnation as crashed.
     pub fn set(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.set.store(true, Ordering::SeqCst);
     }
 
     /// True once crashed.
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.set.load(Ordering::SeqCst)
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Shared>> {
+        self.0.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wraps and registers a stream of this incarnation.
+    fn stream(&self, inner: turmoil::net::TcpStream) -> SimStream {
+        let number = self.0.opened.fetch_add(1, Ordering::SeqCst);
+        let shared = Arc::new(Mutex::new(Some(inner)));
+        self.streams().insert(number, shared.clone());
+        SimStream { inner: shared, number, doom: self.clone() }
+    }
+
+    /// Closes every stream still open, oldest first. Must run on the incarnation's own
+    /// host, which turmoil sends the closes from.
+    pub fn close_all(&self) {
+        let streams = std::mem::take(&mut *self.streams());
+        for shared in streams.into_values() {
+            let closed = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(closed);
+        }
+    }
+}
+
+/// Closes its incarnation's streams when dropped: a client host's last act.
+pub struct Closer(pub Doom);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.close_all();
     }
 }
 
 /// A turmoil TCP stream that swallows its writes once its host is doomed.
 #[derive(Debug)]
 pub struct SimStream {
-    inner: turmoil::net::TcpStream,
+    inner: Shared,
+    /// Its place in the order its incarnation opened streams.
+    number: u64,
     doom: Doom,
+}
+
+impl SimStream {
+    /// Runs `f` on the open stream, or fails as a closed socket does.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(Pin<&mut turmoil::net::TcpStream>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some(inner) => f(Pin::new(inner)),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn addrs(&self) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = inner.as_ref();
+        (inner.and_then(|i| i.local_addr().ok()), inner.and_then(|i| i.peer_addr().ok()))
+    }
+}
+
+impl Drop for SimStream {
+    /// A live incarnation closes the stream now; a doomed one keeps it for its next
+    /// incarnation to close.
+    fn drop(&mut self) {
+        if !self.doom.is_set() {
+            self.doom.streams().remove(&self.number);
+            let closed = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(closed) = closed {
+                trace(|| format!("close {:?} -> {:?}", closed.local_addr(), closed.peer_addr()));
+            }
+        }
+    }
 }
 
 impl AsyncRead for SimStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        self.with(|inner| inner.poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for SimStream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
@@ -108,25 +203,25 @@ impl AsyncWrite for SimStream {
             return Poll::Ready(Ok(buf.len()));
         }
         trace(|| {
-            let (from, to) = (self.inner.local_addr().ok(), self.inner.peer_addr().ok());
+            let (from, to) = self.addrs();
             let head = String::from_utf8_lossy(&buf[..buf.len().min(40)]).into_owned();
             format!("write {from:?} -> {to:?}: {} bytes {head:?}", buf.len())
         });
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.with(|inner| inner.poll_write(cx, buf))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.doom.is_set() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.with(|inner| inner.poll_flush(cx))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.doom.is_set() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.with(|inner| inner.poll_shutdown(cx))
     }
 }
 
@@ -157,7 +252,7 @@ impl axum::serve::Listener for SimListener {
     async fn accept(&mut self) -> (SimStream, std::net::SocketAddr) {
         loop {
             match self.inner.accept().await {
-                Ok((inner, addr)) => return (SimStream { inner, doom: self.doom.clone() }, addr),
+                Ok((inner, addr)) => return (self.doom.stream(inner), addr),
                 Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         }
@@ -191,8 +286,12 @@ impl tower_service::Service<http::Uri> for SimConnector {
             }
             let host = uri.host().ok_or_else(|| io::Error::other("no host in the URI"))?;
             let port = uri.port_u16().unwrap_or(80);
-            let inner = turmoil::net::TcpStream::connect(format!("{host}:{port}")).await?;
-            Ok(TokioIo::new(SimStream { inner, doom }))
+            let inner = turmoil::net::TcpStream::connect(format!("{host}:{port}")).await;
+            trace(|| {
+                format!("connect {host}:{port}: {:?}", inner.as_ref().map(|s| s.local_addr().ok()))
+            });
+            let inner = inner?;
+            Ok(TokioIo::new(doom.stream(inner)))
         })
     }
 }
@@ -220,9 +319,12 @@ impl PeerTransport for PeerOverTransport {
             .header(http::header::CONTENT_TYPE, "application/octet-stream")
             .body(Bytes::from(body));
         let sent = request.map(|request| self.0.send(addr, request, timeout));
+        let what = format!("peer {addr}{path} timeout {timeout:?}");
         Box::pin(async move {
             let sent = sent.map_err(|e| PeerFailure::Failed(e.to_string()))?;
-            match sent.await {
+            let sent = sent.await;
+            trace(|| format!("{what}: {:?}", sent.as_ref().map(|a| a.status())));
+            match sent {
                 Ok(answer) => {
                     let status = answer.status().as_u16();
                     let body = answer.into_body();

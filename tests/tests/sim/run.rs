@@ -45,8 +45,8 @@ pub struct Options {
     pub seed: u64,
     /// What kind of run.
     pub kind: Kind,
-    /// Let the leader's clock jump forwards by more than the lease safety margin.
-    pub big_jumps: bool,
+    /// Nodes stamp commands with their wall clock as it reads, not paced.
+    pub unpaced: bool,
 }
 
 /// What a run produced.
@@ -91,14 +91,9 @@ pub fn run(options: Options) -> Report {
     let max_latency_ms = rng.random_range(2..=20);
     let skews: Vec<i64> = (0..NODES.len()).map(|_| rng.random_range(-3_000..=3_000)).collect();
     let client_names: Vec<String> = (1..=clients).map(|i| format!("c{i}")).collect();
-    let schedule = faults::schedule(
-        &mut rng,
-        fault_count,
-        heal_ms,
-        &client_names,
-        lease_ttl_ms,
-        options.big_jumps,
-    );
+    let drift_ppm =
+        if options.unpaced { 0 } else { lsm_raft::node::Timing::default().max_clock_drift_ppm };
+    let schedule = faults::schedule(&mut rng, fault_count, heal_ms, &client_names, lease_ttl_ms);
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -119,7 +114,7 @@ pub fn run(options: Options) -> Report {
         .map(|((id, name), skew)| NodeCtl::new(*id, name, time.clone(), *skew))
         .collect();
     for ctl in &nodes {
-        let config = world::node_config(ctl.id, snapshot_after, lease_ttl_ms);
+        let config = world::node_config(ctl.id, snapshot_after, lease_ttl_ms, drift_ppm);
         let ctl = ctl.clone();
         sim.host(ctl.name, move || world::node_main(ctl.clone(), config.clone()));
     }
@@ -234,10 +229,15 @@ pub fn run(options: Options) -> Report {
 
     let entries = history.entries();
     // The server's lease outlives the client's deadline by the safety margin, less what
-    // the leader's clock may have jumped forwards.
+    // replicated time may gain on real time over one lease: the pace's drift, or,
+    // unpaced, everything the leader's clock may jump forwards.
     let margin = lsm_client::lease::safety_margin(Duration::from_millis(lease_ttl_ms));
-    let slack = (margin.as_millis() as u64)
-        .saturating_sub(faults::max_forward_jump_ms(lease_ttl_ms, options.big_jumps));
+    let gain = if options.unpaced {
+        faults::max_forward_jump_ms(lease_ttl_ms)
+    } else {
+        (lease_ttl_ms * drift_ppm).div_ceil(1_000_000)
+    };
+    let slack = (margin.as_millis() as u64).saturating_sub(gain);
     for problem in checks::check_history(&entries, slack) {
         history.violation(problem);
     }
@@ -312,6 +312,7 @@ impl Driver {
     }
 
     fn fault(&self, what: String) {
+        crate::net::trace(|| format!("fault {what}"));
         self.history.record(Event::Fault(what));
     }
 
@@ -404,6 +405,7 @@ impl Driver {
     /// Stops node `node` now; its disk keeps what it had flushed.
     fn crash_now(&mut self, sim: &mut turmoil::Sim<'_>, node: usize) {
         let ctl = &self.nodes[node];
+        ctl.doom();
         sim.crash(ctl.name);
         let lost = ctl.after_crash();
         self.armed.remove(&node);

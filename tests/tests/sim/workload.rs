@@ -108,8 +108,11 @@ async fn wait_for(flag: &AtomicBool) {
 
 /// A client host.
 pub async fn client_main(plan: Plan, control: Arc<Control>) -> turmoil::Result {
+    let host = Doom::new();
+    // Declared first, so dropped last: closes the host's streams once the client is gone.
+    let _closer = net::Closer(host.clone());
     let client =
-        Client::with_transport(client_config(&plan.name, plan.seed), net::transport(Doom::new()))?;
+        Client::with_transport(client_config(&plan.name, plan.seed), net::transport(host))?;
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
     wait_for(&control.ready).await;
     let history = &control.history;
@@ -273,10 +276,13 @@ pub const LIVENESS_BOUND: Duration = Duration::from_secs(10);
 /// then (after the heal) measures how long until a fresh checkout is answered, and at the
 /// end reads which checkouts are still live.
 pub async fn operator_main(seed: u64, control: Arc<Control>) -> turmoil::Result {
+    let host = Doom::new();
+    // Declared first, so dropped last: closes the host's streams once the clients are gone.
+    let _closer = net::Closer(host.clone());
     let history = &control.history;
     let mut config = client_config("operator", seed);
     config.servers = vec![world::servers()[0].clone()];
-    let first = Client::with_transport(config, net::transport(Doom::new()))?;
+    let first = Client::with_transport(config, net::transport(host.clone()))?;
     let members = NODES.iter().map(|(id, name)| (*id, format!("{name}:{}", net::PORT))).collect();
     let init = InitBody { members: Some(members), install_license: false };
     loop {
@@ -290,8 +296,7 @@ pub async fn operator_main(seed: u64, control: Arc<Control>) -> turmoil::Result 
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let client =
-        Client::with_transport(client_config("operator", seed), net::transport(Doom::new()))?;
+    let client = Client::with_transport(client_config("operator", seed), net::transport(host))?;
     loop {
         match client.install(world::license()).await {
             Ok(_) => break,

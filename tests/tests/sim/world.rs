@@ -96,7 +96,12 @@ pub fn caps() -> (BTreeMap<(String, String), u64>, BTreeMap<String, u64>) {
 }
 
 /// One node's configuration, built in code as an operator would write it.
-pub fn node_config(id: u64, snapshot_after_entries: u64, lease_ttl_ms: u64) -> Config {
+pub fn node_config(
+    id: u64,
+    snapshot_after_entries: u64,
+    lease_ttl_ms: u64,
+    max_clock_drift_ppm: u64,
+) -> Config {
     let peers = NODES.iter().map(|(id, name)| (*id, format!("{name}:{}", net::PORT))).collect();
     Config {
         node_id: id,
@@ -108,6 +113,7 @@ pub fn node_config(id: u64, snapshot_after_entries: u64, lease_ttl_ms: u64) -> C
         raft: RaftTiming {
             snapshot_after_entries,
             keep_after_snapshot: 20,
+            max_clock_drift_ppm,
             ..RaftTiming::default()
         },
         limits: Limits::default(),
@@ -173,6 +179,11 @@ impl NodeCtl {
         self.crash.lock().unwrap_or_else(|e| e.into_inner()).image.is_some()
     }
 
+    /// Dooms the running incarnation, before the host is stopped: see [`Doom`].
+    pub fn doom(&self) {
+        self.crash.lock().unwrap_or_else(|e| e.into_inner()).doom.set();
+    }
+
     /// After the host was stopped: the disk becomes what the crash left (the image taken
     /// mid-step, or else what was flushed by now). Returns the unflushed writes lost.
     pub fn after_crash(&self) -> usize {
@@ -192,7 +203,12 @@ impl NodeCtl {
         self.boots.fetch_add(1, Ordering::SeqCst);
         let doom = Doom::new();
         let mut crash = self.crash.lock().unwrap_or_else(|e| e.into_inner());
-        *crash = CrashState { doom: doom.clone(), ..CrashState::default() };
+        let before = std::mem::replace(
+            &mut *crash,
+            CrashState { doom: doom.clone(), ..CrashState::default() },
+        );
+        // The previous incarnation's connections are reset now, from this host.
+        before.doom.close_all();
         let live = self.disk.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let disk = SimDisk { live, ctl: self.clone(), doom: doom.clone() };
         (doom, Arc::new(disk))
