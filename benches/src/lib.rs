@@ -2,6 +2,7 @@
 //! measurement tools in `src/bin/`; this library holds what they share, and the load
 //! tool `lsm_bench` ([`load`]).
 
+pub mod apply;
 pub mod load;
 
 /// A well-known valid name.

@@ -9,12 +9,18 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::command::{CheckoutRequest, MAX_REASON_LEN};
 use crate::ids::{CheckoutId, ClientId, FeatureName};
 use crate::license::Demand;
 use crate::pool::Allocation;
 use crate::response::{Denial, End, Event, Grant, GrantedItem, Response};
 use crate::state::{Checkout, Effects, State};
+
+/// A planned grant, one entry per feature; most requests name one or two features, so
+/// they are kept inline.
+pub(crate) type Plan = SmallVec<[Planned; 2]>;
 
 /// One feature of a planned grant.
 pub(crate) struct Planned {
@@ -148,8 +154,8 @@ impl State {
         &self,
         req: &CheckoutRequest,
         waiter: Option<CheckoutId>,
-    ) -> Result<Vec<Planned>, Denial> {
-        let mut sized = Vec::with_capacity(req.items.len());
+    ) -> Result<Plan, Denial> {
+        let mut sized: SmallVec<[_; 2]> = SmallVec::with_capacity(req.items.len());
         for item in &req.items {
             let feature = match self.features.get(&item.feature) {
                 Some(f) if !f.retired => f,
@@ -200,7 +206,7 @@ impl State {
             self.check_access(&item.feature, &req.user, &req.host)?;
             sized.push((feature, pool, tokens));
         }
-        let mut planned = Vec::with_capacity(sized.len());
+        let mut planned = Plan::with_capacity(sized.len());
         for (feature, pool, tokens) in sized {
             let name = feature.name();
             self.check_max(name, &req.user, &req.host, tokens)?;
@@ -222,7 +228,7 @@ impl State {
         id: CheckoutId,
         client: ClientId,
         req: CheckoutRequest,
-        planned: Vec<Planned>,
+        planned: Plan,
         from_queue: bool,
         fx: &mut Effects,
     ) -> Grant {
@@ -272,7 +278,7 @@ impl State {
         });
         let grant = grant_of(&checkout);
         self.index.leases.insert((lease_expires_at_ms, id));
-        self.checkouts.insert(id, checkout);
+        self.checkouts.insert(id, Box::new(checkout));
         self.adjust_load(&client, |l| l.checkouts += 1);
         grant
     }

@@ -243,7 +243,7 @@ impl State {
         };
         self.checkouts
             .range(CheckoutId(start)..)
-            .map(|(_, c)| c)
+            .map(|(_, c)| &**c)
             .filter(matches)
             .take(limit)
             .cloned()
@@ -261,7 +261,7 @@ impl State {
     /// One id: live, queued, or gone and why.
     pub fn checkout_status(&self, id: CheckoutId) -> CheckoutStatus {
         if let Some(c) = self.checkouts.get(&id) {
-            CheckoutStatus::Live(c.clone())
+            CheckoutStatus::Live(Checkout::clone(c))
         } else if self.waiters.contains_key(&id) {
             CheckoutStatus::Queued(self.waiter_info(id, self.position(id)))
         } else {

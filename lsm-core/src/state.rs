@@ -39,7 +39,9 @@ pub struct State {
     pub(crate) features: BTreeMap<FeatureName, FeatureState>,
     /// The policy in force; its pools live in `features`, so its `pools` map is empty.
     pub(crate) policy: Policy,
-    pub(crate) checkouts: BTreeMap<CheckoutId, Checkout>,
+    /// Boxed: a tree node then moves 8-byte pointers, not 160-byte checkouts, when
+    /// entries shift on insert and remove.
+    pub(crate) checkouts: BTreeMap<CheckoutId, Box<Checkout>>,
     pub(crate) waiters: BTreeMap<CheckoutId, Waiter>,
     /// How recently ended checkouts ended, so a late heartbeat learns why.
     pub(crate) tombstones: BTreeMap<CheckoutId, End>,
