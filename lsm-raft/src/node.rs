@@ -216,16 +216,26 @@ impl LsmNode {
     }
 
     /// The time to stamp a proposal with now: the wall clock, paced within the term.
-    fn stamp_ms(&self) -> u64 {
+    ///
+    /// Until this node's `LeaderChange` for the current term is committed, anything else
+    /// it proposes keeps the replicated clock where it is: the new leader's clock may be
+    /// ahead of the old one's, and must not expire a lease before the `LeaderChange` has
+    /// extended it. (openraft can accept a write a moment before this node's metrics say
+    /// it leads, so such a write can reach the log ahead of the `LeaderChange`.)
+    fn stamp_ms(&self, announcing: bool) -> u64 {
         let term = self.raft.metrics().borrow().current_term;
         let replicated = self.read_local(|s| s.now_ms());
+        if !announcing && self.announced_term.load(Ordering::SeqCst) < term {
+            return replicated;
+        }
         self.pace.stamp(term, self.clock.now_ms(), replicated)
     }
 
     /// Proposes one batch as one log entry; one output per command.
     async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Output>, Error> {
         let count = commands.len();
-        let proposal = Proposal { now_ms: self.stamp_ms(), commands };
+        let announcing = matches!(commands.as_slice(), [Command::LeaderChange { .. }]);
+        let proposal = Proposal { now_ms: self.stamp_ms(announcing), commands };
         match self.raft.client_write(proposal).await {
             Ok(response) if response.data.outputs.len() == count => Ok(response.data.outputs),
             Ok(response) => Err(Error::Stopped(format!(
@@ -465,7 +475,7 @@ async fn timekeeper(node: std::sync::Weak<LsmNode>, stop: Arc<Notify>, poll: Dur
             let leading = node.raft.metrics().borrow().state == ServerState::Leader;
             if leading {
                 let due = node.read_local(|s| s.next_expiry());
-                let now = node.stamp_ms();
+                let now = node.stamp_ms(true);
                 let result = match due {
                     Some(at) if at <= now => node.write(Command::Tick).await.map(|_| ()),
                     _ => node.announce_leadership().await,
