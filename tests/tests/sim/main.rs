@@ -234,7 +234,11 @@ fn a_seed_replays_exactly() {
             let first_trace = net::take_trace();
             let second = run_one(seed, kind).unwrap_or_else(|panic| panic!("{panic}"));
             let second_trace = net::take_trace();
-            if let Some(at) = first_trace.iter().zip(&second_trace).position(|(a, b)| a != b) {
+            if first_trace != second_trace {
+                // Where they part: the first differing line, or the end of the shorter.
+                let at = (first_trace.iter().zip(&second_trace))
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(first_trace.len().min(second_trace.len()));
                 let from = at.saturating_sub(8);
                 let mut files = Vec::new();
                 for (run, trace) in [(1, &first_trace), (2, &second_trace)] {

@@ -184,13 +184,13 @@ impl NodeCtl {
         self.crash.lock().unwrap_or_else(|e| e.into_inner()).doom.set();
     }
 
-    /// After the host was stopped: the disk becomes what the crash left (the image taken
-    /// mid-step, or else what was flushed by now). Returns the unflushed writes lost.
+    /// After the host was [doomed](Self::doom) and stopped: the disk becomes what the
+    /// crash left (the image taken mid-step, or else what was flushed by now). Returns
+    /// the unflushed writes lost.
     pub fn after_crash(&self) -> usize {
         *self.node.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut crash = self.crash.lock().unwrap_or_else(|e| e.into_inner());
         crash.armed = None;
-        crash.doom.set();
         let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
         let (survived, lost) =
             crash.image.take().unwrap_or_else(|| (disk.crash(), disk.pending_writes()));
