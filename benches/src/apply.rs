@@ -31,7 +31,7 @@ pub const STEP_US: u64 = 10;
 /// The replicated clock starts here (1 January 2026, in ms since the Unix epoch).
 pub const EPOCH_MS: u64 = 1_767_225_600_000;
 /// Pairs built ahead of each timed stretch.
-pub const CHUNK: u64 = 10_000;
+pub const CHUNK: u64 = 256;
 
 /// Builds the commands of the workload and remembers what they will do, so that the
 /// timed loop only applies them.
