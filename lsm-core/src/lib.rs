@@ -69,7 +69,6 @@ mod response;
 mod rules;
 pub mod session;
 mod snapshot;
-mod sorted;
 mod state;
 
 pub use command::{CheckoutRequest, Command, Item, MAX_REASON_LEN, Meta, Op, Request, Wait};
@@ -88,6 +87,6 @@ pub use query::{
     CheckoutFilter, CheckoutStatus, FeatureStatus, PoolStatus, Query, QueryResponse, Summary,
     WaiterInfo,
 };
-pub use response::{Denial, End, Event, Grant, GrantedItem, Output, Queued, Response};
+pub use response::{Denial, End, Event, Events, Grant, GrantedItem, Output, Queued, Response};
 pub use snapshot::SNAPSHOT_VERSION;
 pub use state::{Checkout, ClientLoad, State, Waiter};

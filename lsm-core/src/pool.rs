@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use smallvec::{SmallVec, smallvec};
 
 use crate::ids::{FeatureName, PoolName};
 use crate::license::{Entitlement, PoolSpec};
@@ -328,7 +329,9 @@ impl FeatureState {
     /// Checks the accounting invariants of this feature.
     pub fn check(&self) -> Result<(), String> {
         let name = self.name();
-        let mut lent_to: BTreeMap<&PoolName, u64> = BTreeMap::new();
+        // Tokens lent per pool, by position: one pass, no map (this runs on every apply).
+        let mut lent_to: SmallVec<[u64; 8]> = smallvec![0; self.pools.len()];
+        let (mut shared, mut reserved, mut backed) = (0u64, 0u64, 0u64);
         for pool in &self.pools {
             let p = &pool.spec.name;
             let sources = pool.own + pool.shared + pool.borrowed_total() + pool.unbacked;
@@ -345,11 +348,18 @@ impl FeatureState {
                 return Err(format!("{name}/{p}: used {} over cap {}", pool.used, pool.cap));
             }
             for (lender, n) in &pool.borrowed {
-                *lent_to.entry(lender).or_default() += n;
+                match self.pools.iter().position(|q| &q.spec.name == lender) {
+                    Some(q) => lent_to[q] += n,
+                    None => {
+                        return Err(format!("{name}: tokens borrowed from unknown pool {lender}"));
+                    }
+                }
             }
+            shared += pool.shared;
+            reserved += pool.spec.reserve;
+            backed += pool.used - pool.unbacked;
         }
-        for pool in &self.pools {
-            let lent = lent_to.remove(&pool.spec.name).unwrap_or(0);
+        for (pool, lent) in self.pools.iter().zip(lent_to) {
             if lent != pool.lent {
                 return Err(format!(
                     "{name}/{}: lent {} but borrowers hold {lent}",
@@ -357,17 +367,10 @@ impl FeatureState {
                 ));
             }
         }
-        if let Some((lender, _)) = lent_to.into_iter().next() {
-            return Err(format!("{name}: tokens borrowed from unknown pool {lender}"));
+        let shared_size = self.entitlement.tokens_total.saturating_sub(reserved);
+        if shared > shared_size {
+            return Err(format!("{name}: shared use {shared} over remainder {shared_size}"));
         }
-        let shared: u64 = self.pools.iter().map(|p| p.shared).sum();
-        if shared > self.shared_size() {
-            return Err(format!(
-                "{name}: shared use {shared} over remainder {}",
-                self.shared_size()
-            ));
-        }
-        let backed: u64 = self.pools.iter().map(|p| p.used - p.unbacked).sum();
         if backed > self.entitlement.tokens_total {
             return Err(format!(
                 "{name}: {backed} backed tokens over the total {}",

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::ids::{CheckoutId, ClientId, FeatureName, HostName, JobId, PoolName, UserName};
 use crate::license::{InstallError, Subject};
@@ -390,6 +391,10 @@ pub enum Event {
     },
 }
 
+/// The events of one command. A checkout or a release yields one event, kept inline, so
+/// the common command allocates nothing for its events.
+pub type Events = SmallVec<[Event; 1]>;
+
 /// The result of one `apply`: the answer for the caller and the events for the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Output {
@@ -397,5 +402,5 @@ pub struct Output {
     pub response: Response,
     /// What happened, in order. A retried request adds no events of its own; the command
     /// may still expire leases or serve the queue, and those events are here.
-    pub events: Vec<Event>,
+    pub events: Events,
 }

@@ -15,15 +15,23 @@
 //!
 //! A client that retries within the idle TTL and is not crowded out by `max_sessions` newer
 //! clients is therefore answered exactly once.
+//!
+//! The same table counts each client's live checkouts and queued requests (its load), so
+//! a request finds its session and its load in one hash-table entry, which the first
+//! lookup of the request brings into cache. An entry lives while the client has a session
+//! or a load. A snapshot writes sessions and loads as two tables sorted by client id.
 
 use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
 
 use crate::ids::ClientId;
 use crate::response::Response;
+use crate::state::ClientLoad;
 
 /// One client's session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,11 +48,42 @@ pub struct Session {
     pub replies: SmallVec<[(u64, Response); 1]>,
 }
 
-/// The session table.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+impl Session {
+    /// Drops the replies below `ack`, then answers a request numbered `seq`.
+    fn lookup(&mut self, seq: u64, ack: u64) -> Lookup {
+        if ack > self.floor {
+            self.floor = ack;
+            self.replies.retain(|(s, _)| *s >= ack);
+        }
+        if let Ok(at) = self.replies.binary_search_by_key(&seq, |(s, _)| *s) {
+            return Lookup::Replay(self.replies[at].1.clone());
+        }
+        if seq < self.floor {
+            return Lookup::Stale { oldest_kept: self.floor };
+        }
+        Lookup::New
+    }
+}
+
+/// One client's entry: its session, if it has one, and its load.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Client {
+    session: Option<Session>,
+    load: ClientLoad,
+}
+
+impl Client {
+    fn is_empty(&self) -> bool {
+        self.session.is_none() && self.load == ClientLoad::default()
+    }
+}
+
+/// The client table: sessions and loads.
+#[derive(Clone, Debug, Default)]
 pub struct Sessions {
-    #[serde(with = "crate::sorted")]
-    sessions: FxHashMap<ClientId, Session>,
+    clients: FxHashMap<ClientId, Client>,
+    /// Entries with a session.
+    sessions: usize,
     /// One entry per session, `(index, client) -> ms` as of some earlier request of that
     /// client (never later than its last), least recent first; rebuilt on restore.
     ///
@@ -55,18 +94,51 @@ pub struct Sessions {
     /// up to date on every request, which would cost a tree removal and insertion per
     /// request. Replicated time never decreases as the index grows, so this is also the
     /// order of `last_seen_ms`.
-    #[serde(skip)]
     by_age: BTreeMap<(u64, ClientId), u64>,
 }
 
 impl PartialEq for Sessions {
     /// The table alone; the age index depends on history, not on the table.
     fn eq(&self, other: &Self) -> bool {
-        self.sessions == other.sessions
+        self.clients == other.clients
     }
 }
 
 impl Eq for Sessions {}
+
+impl Serialize for Sessions {
+    /// Two tables sorted by client id: the sessions, then the non-zero loads.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut entries: Vec<(&ClientId, &Client)> = self.clients.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let sessions: Vec<(&ClientId, &Session)> =
+            (entries.iter()).filter_map(|(c, e)| Some((*c, e.session.as_ref()?))).collect();
+        let loads: Vec<(&ClientId, &ClientLoad)> = (entries.iter())
+            .filter(|(_, e)| e.load != ClientLoad::default())
+            .map(|(c, e)| (*c, &e.load))
+            .collect();
+        let mut tuple = serializer.serialize_tuple(2)?;
+        tuple.serialize_element(&sessions)?;
+        tuple.serialize_element(&loads)?;
+        tuple.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Sessions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        type Tables = (Vec<(ClientId, Session)>, Vec<(ClientId, ClientLoad)>);
+        let (sessions, loads) = Tables::deserialize(deserializer)?;
+        let mut table = Sessions::default();
+        for (client, session) in sessions {
+            table.clients.entry(client).or_default().session = Some(session);
+        }
+        for (client, load) in loads {
+            table.clients.entry(client).or_default().load = load;
+        }
+        table.sessions = table.clients.values().filter(|c| c.session.is_some()).count();
+        Ok(table)
+    }
+}
 
 /// What the table says about an incoming request.
 pub enum Lookup {
@@ -84,24 +156,74 @@ pub enum Lookup {
 impl Sessions {
     /// Number of sessions.
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.sessions
     }
 
     /// True when there are no sessions.
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.sessions == 0
     }
 
     /// A session by client id.
     pub fn get(&self, client: &ClientId) -> Option<&Session> {
-        self.sessions.get(client)
+        self.clients.get(client)?.session.as_ref()
+    }
+
+    /// A client's live checkouts and queued requests.
+    pub fn load(&self, client: &ClientId) -> ClientLoad {
+        self.clients.get(client).map(|c| c.load).unwrap_or_default()
+    }
+
+    /// Every client with a non-zero load.
+    pub fn loads(&self) -> impl Iterator<Item = (&ClientId, ClientLoad)> {
+        (self.clients.iter())
+            .filter(|(_, c)| c.load != ClientLoad::default())
+            .map(|(id, c)| (id, c.load))
+    }
+
+    /// Changes a client's load, dropping its entry once it has neither load nor session.
+    pub fn adjust_load(&mut self, client: &ClientId, change: impl FnOnce(&mut ClientLoad)) {
+        match self.clients.get_mut(client) {
+            Some(entry) => {
+                change(&mut entry.load);
+                if entry.is_empty() {
+                    self.clients.remove(client);
+                }
+            }
+            None => {
+                let mut load = ClientLoad::default();
+                change(&mut load);
+                if load != ClientLoad::default() {
+                    self.clients.insert(client.clone(), Client { session: None, load });
+                }
+            }
+        }
     }
 
     /// Rebuilds the age index after a restore.
     pub fn rebuild_index(&mut self) {
-        self.by_age = (self.sessions.iter())
+        self.by_age = (self.clients.iter())
+            .filter_map(|(c, e)| Some((c, e.session.as_ref()?)))
             .map(|(c, s)| ((s.last_seen_index, c.clone()), s.last_seen_ms))
             .collect();
+    }
+
+    /// Ends a client's session, keeping its entry while it has a load.
+    fn drop_session(&mut self, client: &ClientId) {
+        if let Entry::Occupied(mut entry) = self.clients.entry(client.clone()) {
+            if entry.get_mut().session.take().is_some() {
+                self.sessions -= 1;
+            }
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+        }
+    }
+
+    /// The session of a client the age index names.
+    fn indexed(&self, client: &ClientId) -> &Session {
+        let entry = self.clients.get(client).and_then(|c| c.session.as_ref());
+        entry.expect("the age index names only clients with a session")
     }
 
     /// Drops sessions idle for longer than `idle_ttl_ms` at time `now_ms`.
@@ -111,12 +233,12 @@ impl Sessions {
                 break;
             }
             let ((_, client), _) = self.by_age.pop_first().expect("first exists");
-            let session = &self.sessions[&client];
+            let session = self.indexed(&client);
             if session.last_seen_ms.saturating_add(idle_ttl_ms) > now_ms {
-                let age = (session.last_seen_index, client);
-                self.by_age.insert(age, session.last_seen_ms);
+                let (index, ms) = (session.last_seen_index, session.last_seen_ms);
+                self.by_age.insert((index, client), ms);
             } else {
-                self.sessions.remove(&client);
+                self.drop_session(&client);
             }
         }
     }
@@ -124,13 +246,13 @@ impl Sessions {
     /// Drops the least recently seen session.
     fn evict_oldest(&mut self) {
         while let Some(((index, client), _)) = self.by_age.pop_first() {
-            let session = &self.sessions[&client];
+            let session = self.indexed(&client);
             if session.last_seen_index == index {
-                self.sessions.remove(&client);
+                self.drop_session(&client);
                 return;
             }
-            let age = (session.last_seen_index, client);
-            self.by_age.insert(age, session.last_seen_ms);
+            let (index, ms) = (session.last_seen_index, session.last_seen_ms);
+            self.by_age.insert((index, client), ms);
         }
     }
 
@@ -144,42 +266,31 @@ impl Sessions {
         (index, now_ms): (u64, u64),
         max_sessions: u64,
     ) -> Lookup {
-        let session = match self.sessions.get_mut(client) {
-            Some(session) => {
-                session.last_seen_index = index;
-                session.last_seen_ms = now_ms;
-                session
-            }
-            None => {
-                while self.sessions.len() as u64 >= max_sessions.max(1) {
-                    self.evict_oldest();
-                }
-                self.by_age.insert((index, client.clone()), now_ms);
-                let session = Session {
-                    last_seen_ms: now_ms,
-                    last_seen_index: index,
-                    floor: 0,
-                    replies: SmallVec::new(),
-                };
-                self.sessions.entry(client.clone()).or_insert(session)
-            }
+        if let Some(session) = self.clients.get_mut(client).and_then(|c| c.session.as_mut()) {
+            session.last_seen_index = index;
+            session.last_seen_ms = now_ms;
+            return session.lookup(seq, ack);
+        }
+        while self.sessions as u64 >= max_sessions.max(1) {
+            self.evict_oldest();
+        }
+        self.by_age.insert((index, client.clone()), now_ms);
+        self.sessions += 1;
+        let session = Session {
+            last_seen_ms: now_ms,
+            last_seen_index: index,
+            floor: 0,
+            replies: SmallVec::new(),
         };
-        if ack > session.floor {
-            session.floor = ack;
-            session.replies.retain(|(s, _)| *s >= ack);
-        }
-        if let Ok(at) = session.replies.binary_search_by_key(&seq, |(s, _)| *s) {
-            return Lookup::Replay(session.replies[at].1.clone());
-        }
-        if seq < session.floor {
-            return Lookup::Stale { oldest_kept: session.floor };
-        }
-        Lookup::New
+        let session = self.clients.entry(client.clone()).or_default().session.insert(session);
+        session.lookup(seq, ack)
     }
 
     /// Keeps the reply to a new request, dropping the oldest beyond `max_replies`.
     pub fn record(&mut self, client: &ClientId, seq: u64, reply: &Response, max_replies: u64) {
-        let Some(session) = self.sessions.get_mut(client) else { return };
+        let Some(session) = self.clients.get_mut(client).and_then(|c| c.session.as_mut()) else {
+            return;
+        };
         let at = session.replies.partition_point(|(s, _)| *s < seq);
         session.replies.insert(at, (seq, reply.clone()));
         let excess = session.replies.len().saturating_sub(max_replies.max(1) as usize);
@@ -190,23 +301,63 @@ impl Sessions {
         }
     }
 
-    /// Checks that the age index matches the table.
+    /// Checks that the age index matches the table, and that no entry is empty.
     pub fn check(&self) -> Result<(), String> {
+        let sessions = || self.clients.iter().filter_map(|(c, e)| Some((c, e.session.as_ref()?)));
         let entry_not_younger = |((index, client), ms): (&(u64, ClientId), &u64)| {
-            self.sessions
-                .get(client)
-                .is_some_and(|s| *index <= s.last_seen_index && *ms <= s.last_seen_ms)
+            self.get(client).is_some_and(|s| *index <= s.last_seen_index && *ms <= s.last_seen_ms)
         };
         let clients: std::collections::BTreeSet<&ClientId> =
             self.by_age.keys().map(|(_, c)| c).collect();
-        let sorted = |s: &Session| s.replies.windows(2).all(|w| w[0].0 < w[1].0);
-        if self.by_age.len() != self.sessions.len()
-            || clients.len() != self.sessions.len()
+        let sorted = |(_, s): (&ClientId, &Session)| s.replies.windows(2).all(|w| w[0].0 < w[1].0);
+        if sessions().count() != self.sessions
+            || self.by_age.len() != self.sessions
+            || clients.len() != self.sessions
             || !self.by_age.iter().all(entry_not_younger)
-            || !self.sessions.values().all(sorted)
+            || !sessions().all(sorted)
         {
             return Err("session age index or replies do not match the session table".into());
         }
+        if self.clients.values().any(Client::is_empty) {
+            return Err("the client table keeps an entry with neither session nor load".into());
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> ClientId {
+        name.parse().expect("a valid client id")
+    }
+
+    #[test]
+    fn an_evicted_session_keeps_the_clients_load() {
+        let (a, b) = (id("a"), id("b"));
+        let mut table = Sessions::default();
+        assert!(matches!(table.begin(&a, (1, 0), (1, 10), 1), Lookup::New));
+        table.adjust_load(&a, |l| l.checkouts += 1);
+        // With room for one session, b's session evicts a's; a's checkout still counts.
+        assert!(matches!(table.begin(&b, (1, 0), (2, 20), 1), Lookup::New));
+        assert_eq!(table.len(), 1);
+        assert!(table.get(&a).is_none() && table.get(&b).is_some());
+        assert_eq!(table.load(&a).checkouts, 1);
+        table.check().expect("consistent");
+
+        // Sessions and loads are written as two tables and read back whole.
+        let bytes = postcard::to_allocvec(&table).expect("encodes");
+        let mut back: Sessions = postcard::from_bytes(&bytes).expect("decodes");
+        back.rebuild_index();
+        assert_eq!(back, table);
+        assert_eq!((back.len(), back.load(&a).checkouts), (1, 1));
+        back.check().expect("consistent after a round trip");
+
+        // Once a's checkout ends, nothing of a is kept.
+        table.adjust_load(&a, |l| l.checkouts -= 1);
+        assert_eq!(table.loads().count(), 0);
+        assert_eq!(table.clients.len(), 1);
+        table.check().expect("consistent");
     }
 }

@@ -104,9 +104,8 @@ impl State {
             }
             loads.entry(&w.client).or_default().queued += 1;
         }
-        let loads: rustc_hash::FxHashMap<ClientId, ClientLoad> =
-            loads.into_iter().map(|(c, l)| (c.clone(), l)).collect();
-        if loads != self.clients {
+        let held: BTreeMap<&ClientId, ClientLoad> = self.sessions.loads().collect();
+        if loads != held {
             return Err("per-client counts do not match the checkouts and queue".into());
         }
         let mut fresh = self.clone();

@@ -7,11 +7,9 @@
 //! states on every node. The operations themselves live in `checkout.rs`, `queue.rs` and
 //! `install.rs`; this file holds the tables, time and the dispatch.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -21,7 +19,7 @@ use crate::ids::{CheckoutId, ClientId, FeatureName, HostName, JobId, UserName};
 use crate::license::Policy;
 use crate::limits::Limits;
 use crate::pool::FeatureState;
-use crate::response::{Denial, End, Event, GrantedItem, Output, Response};
+use crate::response::{Denial, End, Event, Events, GrantedItem, Output, Response};
 use crate::session::{Lookup, Sessions};
 
 /// The whole replicated license state.
@@ -45,10 +43,8 @@ pub struct State {
     pub(crate) waiters: BTreeMap<CheckoutId, Waiter>,
     /// How recently ended checkouts ended, so a late heartbeat learns why.
     pub(crate) tombstones: BTreeMap<CheckoutId, End>,
+    /// Sessions and, in the same entries, live checkouts and queued requests per client.
     pub(crate) sessions: Sessions,
-    /// Live checkouts and queued requests per client.
-    #[serde(with = "crate::sorted")]
-    pub(crate) clients: FxHashMap<ClientId, ClientLoad>,
     /// Derived indexes, rebuilt on restore.
     #[serde(skip)]
     pub(crate) index: Index,
@@ -137,7 +133,7 @@ pub struct ClientLoad {
 /// drained and their accounting checked.
 #[derive(Default)]
 pub(crate) struct Effects {
-    pub events: Vec<Event>,
+    pub events: Events,
     /// Features whose tokens or configuration changed.
     pub touched: FeatureSet,
     /// Features with tokens that came free (the queue may now be served).
@@ -198,7 +194,6 @@ impl State {
             waiters: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             sessions: Sessions::default(),
-            clients: FxHashMap::default(),
             index: Index::default(),
         }
     }
@@ -449,20 +444,8 @@ impl State {
         }
     }
 
-    /// Changes a client's load with one lookup, dropping the entry once it is empty.
+    /// Changes a client's load.
     pub(crate) fn adjust_load(&mut self, client: &ClientId, change: impl FnOnce(&mut ClientLoad)) {
-        match self.clients.entry(client.clone()) {
-            Entry::Occupied(mut entry) => {
-                change(entry.get_mut());
-                if *entry.get() == ClientLoad::default() {
-                    entry.remove();
-                }
-            }
-            Entry::Vacant(entry) => {
-                let mut load = ClientLoad::default();
-                change(&mut load);
-                entry.insert(load);
-            }
-        }
+        self.sessions.adjust_load(client, change);
     }
 }

@@ -1290,7 +1290,7 @@ impl Model {
             Command::Request(req) => self.request(ctx, req, install_ok, &mut fx),
         };
         self.drain(ctx, &mut fx);
-        (Output { response, events: fx.events }, disposition)
+        (Output { response, events: fx.events.into() }, disposition)
     }
 
     /// `LeaderChange`, before anything expires: every live lease but an offline borrow, and
