@@ -7,7 +7,6 @@
 //! queued request). Only the last kind may wait in the queue. A grant of several features
 //! is planned whole before anything is taken, so it is all or nothing.
 
-use std::collections::btree_map::Entry;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -311,12 +310,11 @@ impl State {
         id: CheckoutId,
         fx: &mut Effects,
     ) -> Response {
-        if let Entry::Occupied(entry) = self.checkouts.entry(id) {
-            if &entry.get().client != client {
+        if let Some(checkout) = self.checkouts.get(&id) {
+            if &checkout.client != client {
                 return Response::Denied(Denial::NotOwner { id });
             }
-            let checkout = entry.remove();
-            self.retire(checkout, End::Released, fx);
+            self.end_checkout(id, End::Released, fx);
             return Response::Released { id };
         }
         match self.waiters.get(&id) {

@@ -58,6 +58,7 @@
 mod checkout;
 mod command;
 mod error;
+mod id_table;
 mod ids;
 mod install;
 mod license;

@@ -242,7 +242,7 @@ impl State {
                 && filter.pool.as_ref().is_none_or(|p| c.items.iter().any(|i| &i.pool == p))
         };
         self.checkouts
-            .range(CheckoutId(start)..)
+            .range_from(CheckoutId(start))
             .map(|(_, c)| &**c)
             .filter(matches)
             .take(limit)

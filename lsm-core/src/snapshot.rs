@@ -61,8 +61,8 @@ impl State {
         let mut pool_use: BTreeMap<(&FeatureName, &PoolName), u64> = BTreeMap::new();
         let mut loads: BTreeMap<&ClientId, ClientLoad> = BTreeMap::new();
         let mut fences = BTreeSet::new();
-        for (id, c) in &self.checkouts {
-            if *id != c.id || id.0 == 0 || id.0 >= self.next_id {
+        for (id, c) in self.checkouts.iter() {
+            if id != c.id || id.0 == 0 || id.0 >= self.next_id {
                 return Err(format!("checkout {id:?} has a bad id"));
             }
             if c.fence == 0 || c.fence >= self.next_fence || !fences.insert(c.fence) {
@@ -71,7 +71,7 @@ impl State {
             if c.lease_expires_at_ms <= self.now_ms && self.last_index > 0 {
                 return Err(format!("checkout {id:?} outlived its lease"));
             }
-            if self.waiters.contains_key(id) {
+            if self.waiters.contains_key(&id) {
                 return Err(format!("{id:?} is both live and queued"));
             }
             for item in c.items.iter() {
