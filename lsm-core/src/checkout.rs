@@ -277,7 +277,7 @@ impl State {
             from_queue,
         });
         let grant = grant_of(&checkout);
-        self.index.leases.insert((lease_expires_at_ms, id));
+        self.index.leases.insert(lease_expires_at_ms, id);
         self.checkouts.insert(id, Box::new(checkout));
         self.adjust_load(&client, |l| l.checkouts += 1);
         grant
@@ -291,9 +291,9 @@ impl State {
             }
             let renewed = self.now_ms.saturating_add(checkout.lease_ttl_ms);
             if !checkout.borrowed && renewed > checkout.lease_expires_at_ms {
-                self.index.leases.remove(&(checkout.lease_expires_at_ms, id));
+                self.index.leases.remove(checkout.lease_expires_at_ms, id);
                 checkout.lease_expires_at_ms = renewed;
-                self.index.leases.insert((renewed, id));
+                self.index.leases.insert(renewed, id);
             }
             return Response::Renewed(grant_of(checkout));
         }
@@ -364,7 +364,7 @@ impl State {
         if self.checkouts.len() as u64 + 1 >= self.limits.max_checkouts {
             fx.freed_all = true;
         }
-        self.index.leases.remove(&(checkout.lease_expires_at_ms, id));
+        self.index.leases.remove(checkout.lease_expires_at_ms, id);
         for item in checkout.items.iter().filter(|i| i.tokens > 0) {
             if let Some(feature) = self.features.get_mut(&item.feature) {
                 let pool = feature.pools.iter().position(|p| p.spec.name == item.pool);

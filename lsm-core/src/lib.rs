@@ -57,6 +57,7 @@
 
 mod checkout;
 mod command;
+mod deadlines;
 mod error;
 mod id_table;
 mod ids;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::command::{CheckoutRequest, Command, Meta, Op, Request};
+use crate::deadlines::Deadlines;
 use crate::error::Error;
 use crate::id_table::IdTable;
 use crate::ids::{CheckoutId, ClientId, FeatureName, HostName, JobId, UserName};
@@ -55,7 +56,7 @@ pub struct State {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Index {
     /// `(lease_expires_at_ms, id)` of every live checkout.
-    pub leases: BTreeSet<(u64, CheckoutId)>,
+    pub leases: Deadlines,
     /// `(wait_expires_at_ms, id)` of every queued request.
     pub waits: BTreeSet<(u64, CheckoutId)>,
     /// Queue order: `(255 - priority, id)`, so higher priority first, then arrival.
@@ -217,7 +218,7 @@ impl State {
     /// When the next lease or queued request is due to expire, if any. The leader proposes
     /// a [`Command::Tick`] once its clock passes this time.
     pub fn next_expiry(&self) -> Option<u64> {
-        let lease = self.index.leases.first().map(|&(t, _)| t);
+        let lease = self.index.leases.first().map(|(t, _)| t);
         let wait = self.index.waits.first().map(|&(t, _)| t);
         match (lease, wait) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -346,7 +347,7 @@ impl State {
     fn expire_due(&mut self, fx: &mut Effects) -> u64 {
         let now = self.now_ms;
         let mut expired = 0;
-        while let Some(&(at, id)) = self.index.leases.first() {
+        while let Some((at, id)) = self.index.leases.first() {
             if at > now {
                 break;
             }
@@ -396,8 +397,8 @@ impl State {
                 index.limited.insert(feature.clone());
             }
         }
+        index.leases = self.checkouts.values().map(|c| (c.lease_expires_at_ms, c.id)).collect();
         for c in self.checkouts.values() {
-            index.leases.insert((c.lease_expires_at_ms, c.id));
             for item in c.items.iter().filter(|i| i.tokens > 0) {
                 if index.limited.contains(&item.feature) {
                     let user = (item.feature.clone(), c.user.clone());
