@@ -277,7 +277,11 @@ impl State {
             from_queue,
         });
         let grant = grant_of(&checkout);
-        self.index.leases.insert(lease_expires_at_ms, id);
+        if borrowed {
+            self.index.leases.insert_aside(lease_expires_at_ms, id);
+        } else {
+            self.index.leases.insert(lease_expires_at_ms, id);
+        }
         self.checkouts.insert(id, Box::new(checkout));
         self.adjust_load(&client, |l| l.checkouts += 1);
         grant

@@ -7,9 +7,15 @@
 //! that arrive out of order (a shorter lease than the last one granted, an offline borrow
 //! ending before it) in a B-tree beside it. A key leaving from the middle of the run is
 //! marked dead where it lies (found by binary search) and dropped when it reaches the
-//! front, or when dead keys make up half the run, which is then compacted in one pass;
-//! so the run never holds more than twice the live keys it indexes (plus some slack), and
-//! its front is always live.
+//! front or the back, or when dead keys make up half the run, which is then compacted in
+//! one pass; so the run never holds more than twice the live keys it indexes (plus some
+//! slack), and both its ends are always live.
+//!
+//! Offline borrows, which end days or weeks later than any lease, go straight to the
+//! tree ([`Deadlines::insert_aside`]): at the back of the run, one would send every lease
+//! granted after it to the tree for as long as it lasts. A site whose clients ask for
+//! lease lengths far apart gets the same effect from its longest ones, and the index then
+//! costs what a B-tree costs, no more.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -33,7 +39,7 @@ pub(crate) struct Deadlines {
 }
 
 impl Deadlines {
-    /// Adds a key.
+    /// Adds a key that is expected to be the latest so far.
     pub fn insert(&mut self, at: u64, id: CheckoutId) {
         match self.run.back() {
             Some(&(t, i)) if (at, id.0) < (t, i & !DEAD) => {
@@ -41,6 +47,11 @@ impl Deadlines {
             }
             _ => self.run.push_back((at, id.0)),
         }
+    }
+
+    /// Adds a key that is expected to be later than most keys to come.
+    pub fn insert_aside(&mut self, at: u64, id: CheckoutId) {
+        self.rest.insert((at, id));
     }
 
     /// Removes a key; false if it was not there.
@@ -62,6 +73,12 @@ impl Deadlines {
         }
         self.run[pos].1 |= DEAD;
         self.dead += 1;
+        while let Some(&(_, i)) = self.run.back()
+            && i & DEAD != 0
+        {
+            self.run.pop_back();
+            self.dead -= 1;
+        }
         if self.dead > self.run.len() / 2 + SLACK {
             self.run.retain(|&(_, i)| i & DEAD == 0);
             self.dead = 0;
@@ -149,7 +166,11 @@ mod tests {
                         };
                         let key = (now + ttl, CheckoutId(next_id));
                         next_id += 1;
-                        index.insert(key.0, key.1);
+                        if rng.random_bool(0.05) {
+                            index.insert_aside(key.0, key.1);
+                        } else {
+                            index.insert(key.0, key.1);
+                        }
                         model.insert(key);
                     }
                     4..6 => {
@@ -181,6 +202,7 @@ mod tests {
                 assert_eq!(index.len(), model.len(), "seed {seed}");
                 assert_eq!(index.keys(), model.iter().copied().collect::<Vec<_>>(), "seed {seed}");
                 assert!(index.run.front().is_none_or(|&(_, i)| i & DEAD == 0), "seed {seed}");
+                assert!(index.run.back().is_none_or(|&(_, i)| i & DEAD == 0), "seed {seed}");
                 assert!(index.dead <= index.run.len() / 2 + SLACK, "seed {seed}");
                 let run: Vec<_> = index.run.iter().map(|&(t, i)| (t, i & !DEAD)).collect();
                 assert!(run.is_sorted(), "seed {seed}");

@@ -397,7 +397,12 @@ impl State {
                 index.limited.insert(feature.clone());
             }
         }
-        index.leases = self.checkouts.values().map(|c| (c.lease_expires_at_ms, c.id)).collect();
+        let (borrows, leases): (Vec<&Checkout>, _) =
+            self.checkouts.values().map(|c| &**c).partition(|c| c.borrowed);
+        index.leases = leases.into_iter().map(|c| (c.lease_expires_at_ms, c.id)).collect();
+        for c in borrows {
+            index.leases.insert_aside(c.lease_expires_at_ms, c.id);
+        }
         for c in self.checkouts.values() {
             for item in c.items.iter().filter(|i| i.tokens > 0) {
                 if index.limited.contains(&item.feature) {
