@@ -26,13 +26,17 @@
 //! chunks outside the timed region, and their outputs are dropped inside it. Throughput
 //! is one element per pair, so criterion reports pairs per second.
 //!
+//! `apply_pair_random/{live}` is the same with each pair releasing a live checkout chosen
+//! at random (by a fixed hash) instead of the oldest, so lifetimes spread out and
+//! releases come from anywhere in the tables, as on a real server.
+//!
 //! `query_100k/*` measures the queries `lsm status` and `lsm checkouts` run over the state
 //! with 100,000 live checkouts.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use lsm_benches::apply::{Workload, time_pairs};
+use lsm_benches::apply::{Order, Workload, time_pairs};
 use lsm_core::CheckoutFilter;
 
 /// The live checkout counts of `apply_pair`: 1,000, 10,000 and 100,000, or the
@@ -48,10 +52,16 @@ fn live_counts() -> Vec<u64> {
 }
 
 fn apply_pair(c: &mut Criterion) {
-    let mut group = c.benchmark_group("apply_pair");
+    pairs(c, "apply_pair", Order::Oldest);
+    pairs(c, "apply_pair_random", Order::Random);
+}
+
+/// One group of pairs per live count, each releasing in `order`.
+fn pairs(c: &mut Criterion, name: &str, order: Order) {
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
     for live in live_counts() {
-        let mut workload = Workload::new(live);
+        let mut workload = Workload::with_order(live, order);
         let mut state = workload.build();
         group.bench_function(BenchmarkId::from_parameter(live), |b| {
             b.iter_custom(|pairs| time_pairs(&mut state, &mut workload, pairs));

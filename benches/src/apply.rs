@@ -1,6 +1,7 @@
 //! The workload of the `apply` benchmarks (`benches/core_apply.rs`, `apply_rate`): one
 //! feature, `live` checkouts held, and pairs of a new checkout and the release of the
-//! oldest one, so the live count stays constant.
+//! oldest one ([`Order::Oldest`]) or of a live one chosen at random ([`Order::Random`]),
+//! so the live count stays constant.
 //!
 //! The fixture installs one feature with 10,000,000 tokens and grants `live` checkouts of
 //! 1 to 4 tokens each, spread over `live / 10` clients (at least 100), 1,000 users and
@@ -33,6 +34,29 @@ pub const EPOCH_MS: u64 = 1_767_225_600_000;
 /// Pairs built ahead of each timed stretch.
 pub const CHUNK: u64 = 256;
 
+/// Which live checkout each pair releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// The oldest: every checkout lives exactly `live` pairs, and ids leave the tables in
+    /// the order they came.
+    Oldest,
+    /// One chosen at random (by a fixed hash, so runs repeat): lifetimes spread out
+    /// around `live` pairs, and releases come from anywhere in the tables.
+    Random,
+}
+
+impl std::str::FromStr for Order {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Order, String> {
+        match s {
+            "oldest" => Ok(Order::Oldest),
+            "random" => Ok(Order::Random),
+            _ => Err(format!("{s:?} is not a release order (oldest or random)")),
+        }
+    }
+}
+
 /// Builds the commands of the workload and remembers what they will do, so that the
 /// timed loop only applies them.
 pub struct Workload {
@@ -47,8 +71,11 @@ pub struct Workload {
     /// Checkouts granted so far; checkout `j` gets id `j + 1` and belongs to client
     /// `j % clients`.
     granted: u64,
-    /// Checkouts released so far; they are released oldest first.
+    /// Checkouts released so far.
     released: u64,
+    order: Order,
+    /// With [`Order::Random`], the numbers `j` of the live checkouts, in no order.
+    live_set: Vec<u64>,
     /// The last log index used.
     index: u64,
     /// Replicated time in microseconds since `EPOCH_MS`.
@@ -69,8 +96,13 @@ enum Expect {
 }
 
 impl Workload {
-    /// A workload of `live` checkouts.
+    /// A workload of `live` checkouts, released oldest first.
     pub fn new(live: u64) -> Workload {
+        Workload::with_order(live, Order::Oldest)
+    }
+
+    /// A workload of `live` checkouts, released in `order`.
+    pub fn with_order(live: u64, order: Order) -> Workload {
         let clients = (live / 10).max(100) as usize;
         Workload {
             live,
@@ -81,6 +113,8 @@ impl Workload {
             seqs: vec![0; clients],
             granted: 0,
             released: 0,
+            order,
+            live_set: Vec::new(),
             index: 0,
             clock_us: 0,
         }
@@ -121,6 +155,9 @@ impl Workload {
     pub fn checkout(&mut self) -> Step {
         let j = self.granted;
         self.granted += 1;
+        if self.order == Order::Random {
+            self.live_set.push(j);
+        }
         let h = mix(j);
         let client = (j % self.clients.len() as u64) as usize;
         let request = CheckoutRequest {
@@ -141,9 +178,15 @@ impl Workload {
         Step { meta, command, expect: Expect::Granted(CheckoutId(j + 1)) }
     }
 
-    /// The release of the oldest live checkout, by its owner.
+    /// The release of a live checkout, by its owner: the oldest, or one at random.
     pub fn release(&mut self) -> Step {
-        let j = self.released;
+        let j = match self.order {
+            Order::Oldest => self.released,
+            Order::Random => {
+                let at = mix(self.released ^ 0x5eed) % self.live_set.len() as u64;
+                self.live_set.swap_remove(at as usize)
+            }
+        };
         self.released += 1;
         let client = (j % self.clients.len() as u64) as usize;
         let id = CheckoutId(j + 1);
