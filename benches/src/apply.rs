@@ -5,7 +5,8 @@
 //!
 //! The fixture installs one feature with 10,000,000 tokens and grants `live` checkouts of
 //! 1 to 4 tokens each, spread over `live / 10` clients (at least 100), 1,000 users and
-//! 2,000 hosts, with a 30 s lease. Every client numbers its requests 1, 2, 3, ... and
+//! 2,000 hosts, with a 30 s lease (an hour when releases are random: a few checkouts then
+//! live far longer than `live` pairs). Every client numbers its requests 1, 2, 3, ... and
 //! acknowledges every earlier reply, as a well-behaved client does. The replicated clock
 //! advances 10 µs per command, so no lease expires.
 
@@ -23,6 +24,9 @@ use crate::{mix, name};
 pub const TOKENS_TOTAL: u64 = 10_000_000;
 /// Lease length of every checkout.
 pub const LEASE_TTL_MS: u64 = 30_000;
+/// The lease when releases are random: with 100,000 live, the longest-lived checkout of a
+/// run of millions of pairs outlives 30 s of replicated time.
+pub const RANDOM_LEASE_TTL_MS: u64 = 3_600_000;
 /// Distinct users the checkouts are spread over.
 pub const USERS: usize = 1_000;
 /// Distinct hosts the checkouts are spread over.
@@ -169,7 +173,10 @@ impl Workload {
             user: self.users[(h >> 8) as usize % USERS].clone(),
             host: self.hosts[(h >> 24) as usize % HOSTS].clone(),
             job: None,
-            lease_ttl_ms: LEASE_TTL_MS,
+            lease_ttl_ms: match self.order {
+                Order::Oldest => LEASE_TTL_MS,
+                Order::Random => RANDOM_LEASE_TTL_MS,
+            },
             borrow_until_ms: None,
             wait: None,
         };

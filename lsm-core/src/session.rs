@@ -17,12 +17,14 @@
 //! clients is therefore answered exactly once.
 //!
 //! The same table counts each client's live checkouts and queued requests (its load), so
-//! a request finds its session and its load in one hash-table entry, which the first
-//! lookup of the request brings into cache. An entry lives while the client has a session
-//! or a load. A snapshot writes sessions and loads as two tables sorted by client id.
+//! a request finds its session and its load in one entry. Entries lie in a vector of
+//! slots, found by client id through a hash map; the table remembers the slot of the
+//! client whose request it began last, so the other lookups of that request (its load,
+//! the change to it, the reply kept) compare one id instead of hashing and probing again.
+//! An entry lives while the client has a session or a load. A snapshot writes sessions and
+//! loads as two tables sorted by client id.
 
 use std::collections::BTreeMap;
-use std::collections::hash_map::Entry;
 
 use rustc_hash::FxHashMap;
 use serde::ser::SerializeTuple;
@@ -78,10 +80,24 @@ impl Client {
     }
 }
 
+/// A client's entry, in its slot.
+#[derive(Clone, Debug)]
+struct Slot {
+    client: ClientId,
+    entry: Client,
+}
+
 /// The client table: sessions and loads.
 #[derive(Clone, Debug, Default)]
 pub struct Sessions {
-    clients: FxHashMap<ClientId, Client>,
+    /// The slot of every client with an entry.
+    index: FxHashMap<ClientId, u32>,
+    /// Entries; `None` for a slot on the free list.
+    slots: Vec<Option<Slot>>,
+    /// Vacant slots, reused last freed first.
+    free: Vec<u32>,
+    /// The slot `begin` last found or made; checked against the client id before use.
+    recent: u32,
     /// Entries with a session.
     sessions: usize,
     /// One entry per session, `(index, client) -> ms` as of some earlier request of that
@@ -100,7 +116,8 @@ pub struct Sessions {
 impl PartialEq for Sessions {
     /// The table alone; the age index depends on history, not on the table.
     fn eq(&self, other: &Self) -> bool {
-        self.clients == other.clients
+        self.index.len() == other.index.len()
+            && self.clients().all(|(id, entry)| other.entry(id) == Some(entry))
     }
 }
 
@@ -109,7 +126,7 @@ impl Eq for Sessions {}
 impl Serialize for Sessions {
     /// Two tables sorted by client id: the sessions, then the non-zero loads.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut entries: Vec<(&ClientId, &Client)> = self.clients.iter().collect();
+        let mut entries: Vec<(&ClientId, &Client)> = self.clients().collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let sessions: Vec<(&ClientId, &Session)> =
             (entries.iter()).filter_map(|(c, e)| Some((*c, e.session.as_ref()?))).collect();
@@ -130,12 +147,12 @@ impl<'de> Deserialize<'de> for Sessions {
         let (sessions, loads) = Tables::deserialize(deserializer)?;
         let mut table = Sessions::default();
         for (client, session) in sessions {
-            table.clients.entry(client).or_default().session = Some(session);
+            table.entry_or_insert(&client).session = Some(session);
         }
         for (client, load) in loads {
-            table.clients.entry(client).or_default().load = load;
+            table.entry_or_insert(&client).load = load;
         }
-        table.sessions = table.clients.values().filter(|c| c.session.is_some()).count();
+        table.sessions = table.clients().filter(|(_, c)| c.session.is_some()).count();
         Ok(table)
     }
 }
@@ -154,6 +171,68 @@ pub enum Lookup {
 }
 
 impl Sessions {
+    /// The slot of a client's entry: the recent one if it is this client's, else by hash.
+    fn find(&self, client: &ClientId) -> Option<usize> {
+        let recent = self.recent as usize;
+        if let Some(Some(slot)) = self.slots.get(recent)
+            && slot.client == *client
+        {
+            return Some(recent);
+        }
+        self.index.get(client).map(|&at| at as usize)
+    }
+
+    /// A client's entry.
+    fn entry(&self, client: &ClientId) -> Option<&Client> {
+        let at = self.find(client)?;
+        self.slots[at].as_ref().map(|slot| &slot.entry)
+    }
+
+    /// A client's entry, to change.
+    fn entry_mut(&mut self, client: &ClientId) -> Option<&mut Client> {
+        let at = self.find(client)?;
+        self.slots[at].as_mut().map(|slot| &mut slot.entry)
+    }
+
+    /// A client's entry, made empty if it has none; its slot becomes the recent one.
+    fn entry_or_insert(&mut self, client: &ClientId) -> &mut Client {
+        let at = match self.find(client) {
+            Some(at) => at,
+            None => {
+                let slot = Some(Slot { client: client.clone(), entry: Client::default() });
+                let at = match self.free.pop() {
+                    Some(at) => {
+                        self.slots[at as usize] = slot;
+                        at
+                    }
+                    None => {
+                        self.slots.push(slot);
+                        u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 clients")
+                    }
+                };
+                self.index.insert(client.clone(), at);
+                at as usize
+            }
+        };
+        self.recent = at as u32;
+        &mut self.slots[at].as_mut().expect("an indexed slot is occupied").entry
+    }
+
+    /// Drops a client's entry if it has neither session nor load.
+    fn remove_if_empty(&mut self, client: &ClientId) {
+        let Some(at) = self.find(client) else { return };
+        if self.slots[at].as_ref().is_some_and(|slot| slot.entry.is_empty()) {
+            self.slots[at] = None;
+            self.index.remove(client);
+            self.free.push(at as u32);
+        }
+    }
+
+    /// Every client's entry, in no particular order.
+    fn clients(&self) -> impl Iterator<Item = (&ClientId, &Client)> {
+        self.slots.iter().flatten().map(|slot| (&slot.client, &slot.entry))
+    }
+
     /// Number of sessions.
     pub fn len(&self) -> usize {
         self.sessions
@@ -166,35 +245,35 @@ impl Sessions {
 
     /// A session by client id.
     pub fn get(&self, client: &ClientId) -> Option<&Session> {
-        self.clients.get(client)?.session.as_ref()
+        self.entry(client)?.session.as_ref()
     }
 
     /// A client's live checkouts and queued requests.
     pub fn load(&self, client: &ClientId) -> ClientLoad {
-        self.clients.get(client).map(|c| c.load).unwrap_or_default()
+        self.entry(client).map(|c| c.load).unwrap_or_default()
     }
 
     /// Every client with a non-zero load.
     pub fn loads(&self) -> impl Iterator<Item = (&ClientId, ClientLoad)> {
-        (self.clients.iter())
+        (self.clients())
             .filter(|(_, c)| c.load != ClientLoad::default())
             .map(|(id, c)| (id, c.load))
     }
 
     /// Changes a client's load, dropping its entry once it has neither load nor session.
     pub fn adjust_load(&mut self, client: &ClientId, change: impl FnOnce(&mut ClientLoad)) {
-        match self.clients.get_mut(client) {
+        match self.entry_mut(client) {
             Some(entry) => {
                 change(&mut entry.load);
                 if entry.is_empty() {
-                    self.clients.remove(client);
+                    self.remove_if_empty(client);
                 }
             }
             None => {
                 let mut load = ClientLoad::default();
                 change(&mut load);
                 if load != ClientLoad::default() {
-                    self.clients.insert(client.clone(), Client { session: None, load });
+                    self.entry_or_insert(client).load = load;
                 }
             }
         }
@@ -202,7 +281,7 @@ impl Sessions {
 
     /// Rebuilds the age index after a restore.
     pub fn rebuild_index(&mut self) {
-        self.by_age = (self.clients.iter())
+        self.by_age = (self.clients())
             .filter_map(|(c, e)| Some((c, e.session.as_ref()?)))
             .map(|(c, s)| ((s.last_seen_index, c.clone()), s.last_seen_ms))
             .collect();
@@ -210,19 +289,17 @@ impl Sessions {
 
     /// Ends a client's session, keeping its entry while it has a load.
     fn drop_session(&mut self, client: &ClientId) {
-        if let Entry::Occupied(mut entry) = self.clients.entry(client.clone()) {
-            if entry.get_mut().session.take().is_some() {
-                self.sessions -= 1;
-            }
-            if entry.get().is_empty() {
-                entry.remove();
-            }
+        if let Some(entry) = self.entry_mut(client)
+            && entry.session.take().is_some()
+        {
+            self.sessions -= 1;
+            self.remove_if_empty(client);
         }
     }
 
     /// The session of a client the age index names.
     fn indexed(&self, client: &ClientId) -> &Session {
-        let entry = self.clients.get(client).and_then(|c| c.session.as_ref());
+        let entry = self.entry(client).and_then(|c| c.session.as_ref());
         entry.expect("the age index names only clients with a session")
     }
 
@@ -266,7 +343,12 @@ impl Sessions {
         (index, now_ms): (u64, u64),
         max_sessions: u64,
     ) -> Lookup {
-        if let Some(session) = self.clients.get_mut(client).and_then(|c| c.session.as_mut()) {
+        let found = self.index.get(client).copied();
+        if let Some(at) = found {
+            self.recent = at;
+        }
+        let slot = found.and_then(|at| self.slots[at as usize].as_mut());
+        if let Some(session) = slot.and_then(|slot| slot.entry.session.as_mut()) {
             session.last_seen_index = index;
             session.last_seen_ms = now_ms;
             return session.lookup(seq, ack);
@@ -282,13 +364,13 @@ impl Sessions {
             floor: 0,
             replies: SmallVec::new(),
         };
-        let session = self.clients.entry(client.clone()).or_default().session.insert(session);
+        let session = self.entry_or_insert(client).session.insert(session);
         session.lookup(seq, ack)
     }
 
     /// Keeps the reply to a new request, dropping the oldest beyond `max_replies`.
     pub fn record(&mut self, client: &ClientId, seq: u64, reply: &Response, max_replies: u64) {
-        let Some(session) = self.clients.get_mut(client).and_then(|c| c.session.as_mut()) else {
+        let Some(session) = self.entry_mut(client).and_then(|c| c.session.as_mut()) else {
             return;
         };
         let at = session.replies.partition_point(|(s, _)| *s < seq);
@@ -303,7 +385,7 @@ impl Sessions {
 
     /// Checks that the age index matches the table, and that no entry is empty.
     pub fn check(&self) -> Result<(), String> {
-        let sessions = || self.clients.iter().filter_map(|(c, e)| Some((c, e.session.as_ref()?)));
+        let sessions = || self.clients().filter_map(|(c, e)| Some((c, e.session.as_ref()?)));
         let entry_not_younger = |((index, client), ms): (&(u64, ClientId), &u64)| {
             self.get(client).is_some_and(|s| *index <= s.last_seen_index && *ms <= s.last_seen_ms)
         };
@@ -318,8 +400,20 @@ impl Sessions {
         {
             return Err("session age index or replies do not match the session table".into());
         }
-        if self.clients.values().any(Client::is_empty) {
+        if self.clients().any(|(_, c)| c.is_empty()) {
             return Err("the client table keeps an entry with neither session nor load".into());
+        }
+        let indexed = |(c, _): (&ClientId, &Client)| {
+            self.index.get(c).is_some_and(|&at| {
+                self.slots[at as usize].as_ref().is_some_and(|slot| slot.client == *c)
+            })
+        };
+        let occupied = self.slots.iter().flatten().count();
+        if occupied != self.index.len()
+            || occupied + self.free.len() != self.slots.len()
+            || !self.clients().all(indexed)
+        {
+            return Err("the client index, slots and free list do not agree".into());
         }
         Ok(())
     }
@@ -357,7 +451,7 @@ mod tests {
         // Once a's checkout ends, nothing of a is kept.
         table.adjust_load(&a, |l| l.checkouts -= 1);
         assert_eq!(table.loads().count(), 0);
-        assert_eq!(table.clients.len(), 1);
+        assert_eq!(table.index.len(), 1);
         table.check().expect("consistent");
     }
 }
