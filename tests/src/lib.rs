@@ -554,6 +554,55 @@ impl Http {
     }
 }
 
+/// Sends the head of a JSON `POST` that declares a body of `length` bytes, none of which
+/// it sends, and reads the answer. A server that refuses a body by its declared length
+/// answers at once; since no unread body sits in its socket, closing the connection
+/// afterwards sends the answer and a FIN, never a reset that could overtake the answer
+/// (as happens when a client is still writing a large body).
+pub async fn post_head_only(addr: &str, path: &str, length: u64) -> std::io::Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let read = async {
+        loop {
+            if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+                let declared = head.lines().find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim())
+                });
+                let declared: usize = declared
+                    .ok_or_else(|| bad("the answer declares no content-length"))?
+                    .parse()
+                    .map_err(|_| bad("the answer's content-length is not a number"))?;
+                if answer.len() >= end + 4 + declared {
+                    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok());
+                    let status = status.ok_or_else(|| bad("the answer has no status code"))?;
+                    let body = serde_json::from_slice(&answer[end + 4..end + 4 + declared])
+                        .map_err(|_| bad("the answer's body is not JSON"))?;
+                    return Ok((status, body));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad("the connection closed before the whole answer came"));
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))?
+}
+
 /// How many clusters of one test binary may run at once.
 const SLOTS: u32 = 2;
 
