@@ -30,14 +30,21 @@
 //! at random (by a fixed hash) instead of the oldest, so lifetimes spread out and
 //! releases come from anywhere in the tables, as on a real server.
 //!
+//! `apply_heartbeat/{live}` measures one heartbeat: the renewal of a live checkout, each
+//! in turn (the one renewed longest ago, as when every client heartbeats at one
+//! interval); `apply_heartbeat_random/{live}` renews one chosen at random. A production
+//! load is mostly heartbeats.
+//!
 //! `query_100k/*` measures the queries `lsm status` and `lsm checkouts` run over the state
 //! with 100,000 live checkouts.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use lsm_benches::apply::{Order, Workload, time_pairs};
-use lsm_core::CheckoutFilter;
+use std::time::Duration;
+
+use lsm_benches::apply::{Order, Workload, time_heartbeats, time_pairs};
+use lsm_core::{CheckoutFilter, State};
 
 /// The live checkout counts of `apply_pair`: 1,000, 10,000 and 100,000, or the
 /// comma-separated list in `LSM_BENCH_LIVE` (for example `1000000` for a longer setup).
@@ -52,19 +59,27 @@ fn live_counts() -> Vec<u64> {
 }
 
 fn apply_pair(c: &mut Criterion) {
-    pairs(c, "apply_pair", Order::Oldest);
-    pairs(c, "apply_pair_random", Order::Random);
+    steps(c, "apply_pair", Order::Oldest, time_pairs);
+    steps(c, "apply_pair_random", Order::Random, time_pairs);
+    steps(c, "apply_heartbeat", Order::Oldest, time_heartbeats);
+    steps(c, "apply_heartbeat_random", Order::Random, time_heartbeats);
 }
 
-/// One group of pairs per live count, each releasing in `order`.
-fn pairs(c: &mut Criterion, name: &str, order: Order) {
+/// One group per live count, each timing steps (pairs or heartbeats) with `time` in
+/// `order`.
+fn steps(
+    c: &mut Criterion,
+    name: &str,
+    order: Order,
+    time: fn(&mut State, &mut Workload, u64) -> Duration,
+) {
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
     for live in live_counts() {
         let mut workload = Workload::with_order(live, order);
         let mut state = workload.build();
         group.bench_function(BenchmarkId::from_parameter(live), |b| {
-            b.iter_custom(|pairs| time_pairs(&mut state, &mut workload, pairs));
+            b.iter_custom(|steps| time(&mut state, &mut workload, steps));
         });
         assert_eq!(state.summary().checkouts, live, "the live count must not drift");
         assert_eq!(state.summary().next_expiry.map(|t| t > state.now_ms()), Some(true));

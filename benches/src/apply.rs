@@ -1,7 +1,8 @@
 //! The workload of the `apply` benchmarks (`benches/core_apply.rs`, `apply_rate`): one
 //! feature, `live` checkouts held, and pairs of a new checkout and the release of the
 //! oldest one ([`Order::Oldest`]) or of a live one chosen at random ([`Order::Random`]),
-//! so the live count stays constant.
+//! so the live count stays constant; or heartbeats that renew the live checkouts, each
+//! in turn or at random ([`Workload::heartbeat`]).
 //!
 //! The fixture installs one feature with 10,000,000 tokens and grants `live` checkouts of
 //! 1 to 4 tokens each, spread over `live / 10` clients (at least 100), 1,000 users and
@@ -77,6 +78,8 @@ pub struct Workload {
     granted: u64,
     /// Checkouts released so far.
     released: u64,
+    /// Heartbeats sent so far.
+    renewed: u64,
     order: Order,
     /// With [`Order::Random`], the numbers `j` of the live checkouts, in no order.
     live_set: Vec<u64>,
@@ -97,6 +100,7 @@ pub struct Step {
 enum Expect {
     Granted(CheckoutId),
     Released(CheckoutId),
+    Renewed(CheckoutId),
 }
 
 impl Workload {
@@ -117,6 +121,7 @@ impl Workload {
             seqs: vec![0; clients],
             granted: 0,
             released: 0,
+            renewed: 0,
             order,
             live_set: Vec::new(),
             index: 0,
@@ -202,6 +207,26 @@ impl Workload {
         Step { meta, command, expect: Expect::Released(id) }
     }
 
+    /// A heartbeat of a live checkout by its owner: with [`Order::Oldest`] the one renewed
+    /// longest ago, each in turn, as clients that all heartbeat at one interval do; with
+    /// [`Order::Random`] one chosen at random. The renewal moves the lease to the back of
+    /// the lease index: from its front in turn, from anywhere at random.
+    pub fn heartbeat(&mut self) -> Step {
+        let j = match self.order {
+            Order::Oldest => self.released + self.renewed % (self.granted - self.released),
+            Order::Random => {
+                let at = mix(self.renewed ^ 0xbea7) % self.live_set.len() as u64;
+                self.live_set[at as usize]
+            }
+        };
+        self.renewed += 1;
+        let client = (j % self.clients.len() as u64) as usize;
+        let id = CheckoutId(j + 1);
+        let meta = self.meta();
+        let command = self.request(client, Op::Heartbeat(id));
+        Step { meta, command, expect: Expect::Renewed(id) }
+    }
+
     /// A state with the feature installed and `live` checkouts granted.
     pub fn build(&mut self) -> State {
         let mut state = State::default();
@@ -223,6 +248,7 @@ pub fn run(state: &mut State, step: Step) {
     let ok = match (&out.response, step.expect) {
         (Response::Granted(grant), Expect::Granted(id)) => grant.id == id,
         (Response::Released { id }, Expect::Released(want)) => *id == want,
+        (Response::Renewed(grant), Expect::Renewed(id)) => grant.id == id,
         _ => false,
     };
     assert!(ok, "unexpected answer {:?}", out.response);
@@ -232,19 +258,59 @@ pub fn run(state: &mut State, step: Step) {
 /// Applies `pairs` pairs to `state`, building the commands in chunks outside the timed
 /// stretches; the time spent applying.
 pub fn time_pairs(state: &mut State, workload: &mut Workload, pairs: u64) -> Duration {
+    time_steps(state, workload, pairs, |w| [w.checkout(), w.release()])
+}
+
+/// Applies `heartbeats` heartbeats to `state`, as [`time_pairs`] does pairs.
+pub fn time_heartbeats(state: &mut State, workload: &mut Workload, heartbeats: u64) -> Duration {
+    time_steps(state, workload, heartbeats, |w| [w.heartbeat()])
+}
+
+/// Applies `count` groups of steps made by `next`, built in chunks outside the timed
+/// stretches; the time spent applying.
+fn time_steps<const N: usize>(
+    state: &mut State,
+    workload: &mut Workload,
+    count: u64,
+    mut next: impl FnMut(&mut Workload) -> [Step; N],
+) -> Duration {
     let mut elapsed = Duration::ZERO;
-    let mut left = pairs;
+    let mut left = count;
     while left > 0 {
         let n = left.min(CHUNK);
-        let steps: Vec<(Step, Step)> =
-            (0..n).map(|_| (workload.checkout(), workload.release())).collect();
+        let steps: Vec<[Step; N]> = (0..n).map(|_| next(workload)).collect();
         let start = Instant::now();
-        for (checkout, release) in steps {
-            run(state, checkout);
-            run(state, release);
+        for group in steps {
+            for step in group {
+                run(state, step);
+            }
         }
         elapsed += start.elapsed();
         left -= n;
     }
     elapsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every step of every mode gets the answer it expects (`run` checks each), the live
+    /// count holds, and heartbeats in turn renew every live checkout once per round.
+    #[test]
+    fn every_mode_gets_the_answers_it_expects() {
+        for order in [Order::Oldest, Order::Random] {
+            let mut workload = Workload::with_order(200, order);
+            let mut state = workload.build();
+            time_pairs(&mut state, &mut workload, 500);
+            let first = state.summary().next_expiry;
+            time_heartbeats(&mut state, &mut workload, 400);
+            assert_eq!(state.summary().checkouts, 200, "{order:?}");
+            if order == Order::Oldest {
+                // Two rounds of renewals in turn: the earliest lease is one renewed in
+                // the second round, later than any lease before the heartbeats.
+                assert!(state.summary().next_expiry > first, "{order:?}");
+            }
+        }
+    }
 }
