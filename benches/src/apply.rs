@@ -200,11 +200,7 @@ impl Workload {
             }
         };
         self.released += 1;
-        let client = (j % self.clients.len() as u64) as usize;
-        let id = CheckoutId(j + 1);
-        let meta = self.meta();
-        let command = self.request(client, Op::Release(id));
-        Step { meta, command, expect: Expect::Released(id) }
+        self.by_owner(j, Op::Release, Expect::Released)
     }
 
     /// A heartbeat of a live checkout by its owner: with [`Order::Oldest`] the one renewed
@@ -220,11 +216,21 @@ impl Workload {
             }
         };
         self.renewed += 1;
+        self.by_owner(j, Op::Heartbeat, Expect::Renewed)
+    }
+
+    /// A request about checkout `j` by the client that owns it.
+    fn by_owner(
+        &mut self,
+        j: u64,
+        op: fn(CheckoutId) -> Op,
+        expect: fn(CheckoutId) -> Expect,
+    ) -> Step {
         let client = (j % self.clients.len() as u64) as usize;
         let id = CheckoutId(j + 1);
         let meta = self.meta();
-        let command = self.request(client, Op::Heartbeat(id));
-        Step { meta, command, expect: Expect::Renewed(id) }
+        let command = self.request(client, op(id));
+        Step { meta, command, expect: expect(id) }
     }
 
     /// A state with the feature installed and `live` checkouts granted.
