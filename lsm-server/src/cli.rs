@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// Overrides any key: `--set raft.heartbeat_ms=100` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Exit as soon as the process `PID` is no longer this node's parent: a supervisor
+    /// that starts nodes as its children (`lsm-server dev`, the test and bench harnesses)
+    /// passes its own pid, so that its nodes die with it however it ends.
+    #[arg(long, value_name = "PID")]
+    pub exit_with_parent: Option<u32>,
 }
 
 impl RunArgs {
@@ -211,8 +216,34 @@ fn block_on(
 fn run(args: &RunArgs) -> Result<ExitCode, ServerError> {
     let config = args.config()?;
     logging::init(config.log_format, &config.log_level);
+    if let Some(parent) = args.exit_with_parent {
+        exit_with_parent(parent)?;
+    }
     runtime()?.block_on(crate::server::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often `--exit-with-parent` looks at the parent.
+pub const PARENT_POLL: Duration = Duration::from_millis(200);
+
+/// Watches, on a thread of its own, that `parent` is still this process's parent, and
+/// exits the process once it is not (the parent died and this one was adopted).
+fn exit_with_parent(parent: u32) -> Result<(), ServerError> {
+    let watch = move || {
+        loop {
+            let now = std::os::unix::process::parent_id();
+            if now != parent {
+                tracing::warn!(parent, now, "the parent process is gone; exiting with it");
+                std::process::exit(1);
+            }
+            std::thread::sleep(PARENT_POLL);
+        }
+    };
+    std::thread::Builder::new()
+        .name("exit-with-parent".into())
+        .spawn(watch)
+        .map(drop)
+        .map_err(|e| ServerError::io("cannot start the parent watch", e))
 }
 
 fn dev(args: &DevArgs) -> Result<ExitCode, ServerError> {

@@ -1,5 +1,6 @@
 //! `lsm-server dev` end to end: the real binary starts three node processes on free
-//! loopback ports, initializes them with the demo license, and stops them all on SIGTERM.
+//! loopback ports, initializes them with the demo license, and stops them all on SIGTERM;
+//! SIGKILLed, it cannot stop them, and they exit by themselves (`--exit-with-parent`).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -56,15 +57,14 @@ fn get(runtime: &tokio::runtime::Runtime, addr: &str, path: &str) -> (u16, serde
     (response.status().as_u16(), json)
 }
 
-#[test]
-fn dev_runs_a_three_node_cluster_and_stops_it_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port();
+/// Starts `lsm-server dev` in `dir` on `base` and reads its output up to the `ready`
+/// line; returns the guard (with the node pids) and the output.
+fn start_dev(dir: &std::path::Path, base: u16) -> (Cleanup, Vec<String>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lsm-server"));
     command
         .arg("dev")
         .arg("--dir")
-        .arg(dir.path())
+        .arg(dir)
         .arg("--base-port")
         .arg(base.to_string())
         .stdin(Stdio::null())
@@ -80,11 +80,10 @@ fn dev_runs_a_three_node_cluster_and_stops_it_on_sigterm() {
     let mut cleanup = Cleanup { dev, pids: Vec::new() };
 
     let (lines, received) = mpsc::channel();
+    // Reads to the end even once nobody listens, so that dev's stdout stays open.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
+            let _ = lines.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -105,6 +104,25 @@ fn dev_runs_a_three_node_cluster_and_stops_it_on_sigterm() {
         }
     }
     assert_eq!(cleanup.pids.len(), 3, "{}", output.join("\n"));
+    (cleanup, output)
+}
+
+/// True once process `pid` is gone: no such process, or a zombie nobody has reaped yet
+/// (an orphan's new parent may be slow to, or never, reap it).
+fn gone(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+        return true;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name in parentheses: `pid (comm) S ...`.
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+}
+
+#[test]
+fn dev_runs_a_three_node_cluster_and_stops_it_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let (mut cleanup, output) = start_dev(dir.path(), base);
     let text = output.join("\n");
     assert!(text.contains("leader: node "), "{text}");
     assert!(text.contains("lsm run --feature lsdyna --cores 8 --mode smp -- sleep 60"), "{text}");
@@ -137,6 +155,30 @@ fn dev_runs_a_three_node_cluster_and_stops_it_on_sigterm() {
     assert!(status.success(), "dev exited with {status}");
     for pid in &cleanup.pids {
         assert_eq!(kill(Pid::from_raw(*pid), None), Err(Errno::ESRCH), "node pid {pid} still runs");
+    }
+    cleanup.pids.clear();
+}
+
+#[test]
+fn nodes_exit_when_dev_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let (mut cleanup, output) = start_dev(dir.path(), base);
+    assert!(cleanup.pids.iter().all(|&pid| !gone(pid)), "{}", output.join("\n"));
+
+    // SIGKILL: dev cannot stop its nodes; they see their parent go (they look every
+    // 200 ms) and exit.
+    cleanup.dev.kill().unwrap();
+    cleanup.dev.wait().unwrap();
+    let mut polls = 0;
+    while !cleanup.pids.iter().all(|&pid| gone(pid)) {
+        polls += 1;
+        assert!(polls <= 100, "node processes still run after {polls} polls: {:?}", cleanup.pids);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for name in ["node1.log", "node2.log", "node3.log"] {
+        let log = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert!(log.contains("the parent process is gone"), "{name}:\n{log}");
     }
     cleanup.pids.clear();
 }
