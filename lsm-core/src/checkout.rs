@@ -41,7 +41,7 @@ impl State {
         if let Err(denial) = self.validate_request(&req) {
             return Response::Denied(denial);
         }
-        let load = self.sessions.load(client);
+        let load = self.clients.load(client);
         if load.checkouts + load.queued >= self.limits.max_checkouts_per_client {
             let max = self.limits.max_checkouts_per_client;
             return Response::Denied(Denial::limit("max_checkouts_per_client", max));

@@ -8,10 +8,16 @@
 //!
 //! The crate is pure: no IO, no clock, no randomness, no global state, no async. Time is
 //! the leader's timestamp carried in [`Meta`]; the state keeps the largest one it has seen
-//! so it never runs backwards. All tables are ordered maps and all arithmetic is on
-//! integers, so the same commands give byte-identical states (and equal
-//! [`State::state_hash`]es) on every node. A refusal is a committed answer,
-//! [`Response::Denied`] with a typed [`Denial`]; [`Error`] is for bugs only.
+//! so it never runs backwards. Nothing that reaches a snapshot or an answer is visited
+//! in hash order: features and queued requests are B-trees; live checkouts and
+//! tombstones are id tables (a window of recent ids beside a B-tree, iterated in id
+//! order); the client table keeps its entries in slots found through a hash map and
+//! writes them sorted by client id; the derived indexes, rebuilt on restore, are B-trees
+//! and a lease index that keeps a sorted ring beside a B-tree (its hash set of gone keys
+//! is only probed). With all arithmetic on integers, the same commands give
+//! byte-identical states (and equal [`State::state_hash`]es) on every node. A refusal is
+//! a committed answer, [`Response::Denied`] with a typed [`Denial`]; [`Error`] is for
+//! bugs only.
 //!
 //! ```
 //! use lsm_core::*;
@@ -56,6 +62,7 @@
 //! ```
 
 mod checkout;
+pub mod clients;
 mod command;
 mod deadlines;
 mod error;
@@ -69,7 +76,6 @@ mod query;
 mod queue;
 mod response;
 mod rules;
-pub mod session;
 mod snapshot;
 mod state;
 

@@ -218,7 +218,9 @@ impl FeatureState {
     /// Returns `tokens` held by pool `p`: unbacked first, then borrowed, shared, own.
     pub fn give_back(&mut self, p: usize, tokens: u64) {
         let pool = &mut self.pools[p];
-        debug_assert!(tokens <= pool.used, "returning more than the pool holds");
+        // Unchecked, the subtraction below would wrap in a release build and the pool
+        // would count tokens nobody holds.
+        assert!(tokens <= pool.used, "returning more than the pool holds");
         pool.used -= tokens;
         pool.over_cap = pool.over_cap.min(pool.used.saturating_sub(pool.cap));
         let mut rest = tokens;

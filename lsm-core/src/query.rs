@@ -277,7 +277,7 @@ impl State {
             features: self.features.len() as u64,
             checkouts: self.checkouts.len() as u64,
             queued: self.waiters.len() as u64,
-            sessions: self.sessions.len() as u64,
+            sessions: self.clients.session_count() as u64,
             next_expiry: self.next_expiry(),
         }
     }

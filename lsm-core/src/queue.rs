@@ -42,7 +42,7 @@ impl State {
         if self.waiters.len() as u64 >= limits.max_queue_len {
             return Response::Denied(Denial::limit("max_queue_len", limits.max_queue_len));
         }
-        let load = self.sessions.load(client);
+        let load = self.clients.load(client);
         if load.queued >= limits.max_queued_per_client {
             let max = limits.max_queued_per_client;
             return Response::Denied(Denial::limit("max_queued_per_client", max));

@@ -4,7 +4,8 @@
 //! tables are encoded; the indexes are rebuilt on restore, and the restored state is
 //! checked against every invariant before it is handed out, so a node never serves from a
 //! snapshot that does not add up. The state hash is SHA-256 over the snapshot bytes; since
-//! every table is an ordered map, equal states have equal bytes and equal hashes.
+//! every table is written in key order (the client table sorted by client id), equal
+//! states have equal bytes and equal hashes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -104,7 +105,7 @@ impl State {
             }
             loads.entry(&w.client).or_default().queued += 1;
         }
-        let held: BTreeMap<&ClientId, ClientLoad> = self.sessions.loads().collect();
+        let held: BTreeMap<&ClientId, ClientLoad> = self.clients.loads().collect();
         if loads != held {
             return Err("per-client counts do not match the checkouts and queue".into());
         }
@@ -113,11 +114,11 @@ impl State {
         if fresh.index != self.index {
             return Err("derived indexes do not match the tables".into());
         }
-        self.sessions.check()?;
+        self.clients.check()?;
         let sizes = [
             ("max_checkouts", self.checkouts.len(), limits.max_checkouts),
             ("max_queue_len", self.waiters.len(), limits.max_queue_len),
-            ("max_sessions", self.sessions.len(), limits.max_sessions),
+            ("max_sessions", self.clients.session_count(), limits.max_sessions),
             ("max_tombstones", self.tombstones.len(), limits.max_tombstones),
         ];
         for (limit, len, max) in sizes {

@@ -3,8 +3,8 @@
 //! `apply` advances the replicated clock (`now = max(now, meta.now_ms)`), expires what is
 //! due, runs the command, lets the queue take any tokens that came free, and checks the
 //! accounting of every feature it touched. It never reads a clock, a random source or the
-//! environment, and iterates only ordered maps, so the same commands give byte-identical
-//! states on every node. The operations themselves live in `checkout.rs`, `queue.rs` and
+//! environment, and visits nothing in hash order, so the same commands give
+//! byte-identical states on every node. The operations themselves live in `checkout.rs`, `queue.rs` and
 //! `install.rs`; this file holds the tables, time and the dispatch.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::clients::{Clients, Lookup};
 use crate::command::{CheckoutRequest, Command, Meta, Op, Request};
 use crate::deadlines::Deadlines;
 use crate::error::Error;
@@ -22,7 +23,6 @@ use crate::license::Policy;
 use crate::limits::Limits;
 use crate::pool::FeatureState;
 use crate::response::{Denial, End, Event, Events, GrantedItem, Output, Response};
-use crate::session::{Lookup, Sessions};
 
 /// The whole replicated license state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,8 +45,9 @@ pub struct State {
     pub(crate) waiters: BTreeMap<CheckoutId, Waiter>,
     /// How recently ended checkouts ended, so a late heartbeat learns why.
     pub(crate) tombstones: IdTable<End>,
-    /// Sessions and, in the same entries, live checkouts and queued requests per client.
-    pub(crate) sessions: Sessions,
+    /// The client table: each client's session and, in the same entry, its live checkouts
+    /// and queued requests.
+    pub(crate) clients: Clients,
     /// Derived indexes, rebuilt on restore.
     #[serde(skip)]
     pub(crate) index: Index,
@@ -195,7 +196,7 @@ impl State {
             checkouts: IdTable::default(),
             waiters: BTreeMap::new(),
             tombstones: IdTable::default(),
-            sessions: Sessions::default(),
+            clients: Clients::default(),
             index: Index::default(),
         }
     }
@@ -320,7 +321,7 @@ impl State {
         }
         let max_sessions = self.limits.max_sessions;
         let at = (self.last_index, self.now_ms);
-        match self.sessions.begin(&client, (seq, ack), at, max_sessions) {
+        match self.clients.begin(&client, (seq, ack), at, max_sessions) {
             Lookup::Replay(reply) => return reply,
             Lookup::Stale { oldest_kept } => {
                 let denial = Denial::StaleRequest { seq, oldest_kept };
@@ -339,7 +340,7 @@ impl State {
         if let Response::Denied(denial) = &response {
             fx.events.push(Event::Denied { client: client.clone(), denial: denial.clone() });
         }
-        self.sessions.record(&client, seq, &response, self.limits.max_replies_per_session);
+        self.clients.record(&client, seq, &response, self.limits.max_replies_per_session);
         response
     }
 
@@ -361,7 +362,7 @@ impl State {
             self.drop_waiter(id, End::QueueExpired, fx);
             expired += 1;
         }
-        self.sessions.expire(now, self.limits.session_idle_ttl_ms);
+        self.clients.expire(now, self.limits.session_idle_ttl_ms);
         expired
     }
 
@@ -421,7 +422,7 @@ impl State {
             }
         }
         self.index = index;
-        self.sessions.rebuild_index();
+        self.clients.rebuild_index();
     }
 
     /// Allocates the next checkout id.
@@ -453,6 +454,6 @@ impl State {
 
     /// Changes a client's load.
     pub(crate) fn adjust_load(&mut self, client: &ClientId, change: impl FnOnce(&mut ClientLoad)) {
-        self.sessions.adjust_load(client, change);
+        self.clients.adjust_load(client, change);
     }
 }

@@ -1,9 +1,11 @@
-//! Client sessions: exactly-once answers for retried requests.
+//! The client table: every client's session (exactly-once answers for retried
+//! requests) and its load (its live checkouts and queued requests), in one entry per
+//! client.
 //!
-//! Every request carries `(client, seq, ack)`. The session of `client` keeps the replies
-//! to its requests numbered `ack` and above; a request whose number has a kept reply is
-//! answered with that reply and changes nothing, so a retry after a lost reply returns the
-//! original checkout instead of a second one (Raft dissertation, section 6.3).
+//! Every request carries `(client, seq, ack)`. The [`Session`] of `client` keeps the
+//! replies to its requests numbered `ack` and above; a request whose number has a kept
+//! reply is answered with that reply and changes nothing, so a retry after a lost reply
+//! returns the original checkout instead of a second one (Raft dissertation, section 6.3).
 //!
 //! Eviction rule, all of it deterministic and driven by the replicated clock:
 //! - replies below the client's `ack` are dropped;
@@ -16,13 +18,13 @@
 //! A client that retries within the idle TTL and is not crowded out by `max_sessions` newer
 //! clients is therefore answered exactly once.
 //!
-//! The same table counts each client's live checkouts and queued requests (its load), so
-//! a request finds its session and its load in one entry. Entries lie in a vector of
+//! A request finds its session and its load in one entry. Entries lie in a vector of
 //! slots, found by client id through a hash map; the table remembers the slot of the
 //! client whose request it began last, so the other lookups of that request (its load,
 //! the change to it, the reply kept) compare one id instead of hashing and probing again.
-//! An entry lives while the client has a session or a load. A snapshot writes sessions and
-//! loads as two tables sorted by client id.
+//! An entry lives while the client has a session or a load; an evicted session leaves the
+//! client's load in place. A snapshot writes sessions and loads as two tables sorted by
+//! client id, so the bytes do not depend on the slots or the hash map.
 
 use std::collections::BTreeMap;
 
@@ -69,12 +71,12 @@ impl Session {
 
 /// One client's entry: its session, if it has one, and its load.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Client {
+struct Entry {
     session: Option<Session>,
     load: ClientLoad,
 }
 
-impl Client {
+impl Entry {
     fn is_empty(&self) -> bool {
         self.session.is_none() && self.load == ClientLoad::default()
     }
@@ -84,12 +86,12 @@ impl Client {
 #[derive(Clone, Debug)]
 struct Slot {
     client: ClientId,
-    entry: Client,
+    entry: Entry,
 }
 
-/// The client table: sessions and loads.
+/// The client table: each client's session and load, in one entry per client.
 #[derive(Clone, Debug, Default)]
-pub struct Sessions {
+pub struct Clients {
     /// The slot of every client with an entry.
     index: FxHashMap<ClientId, u32>,
     /// Entries; `None` for a slot on the free list.
@@ -113,20 +115,20 @@ pub struct Sessions {
     by_age: BTreeMap<(u64, ClientId), u64>,
 }
 
-impl PartialEq for Sessions {
+impl PartialEq for Clients {
     /// The table alone; the age index depends on history, not on the table.
     fn eq(&self, other: &Self) -> bool {
         self.index.len() == other.index.len()
-            && self.clients().all(|(id, entry)| other.entry(id) == Some(entry))
+            && self.entries().all(|(id, entry)| other.entry(id) == Some(entry))
     }
 }
 
-impl Eq for Sessions {}
+impl Eq for Clients {}
 
-impl Serialize for Sessions {
+impl Serialize for Clients {
     /// Two tables sorted by client id: the sessions, then the non-zero loads.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut entries: Vec<(&ClientId, &Client)> = self.clients().collect();
+        let mut entries: Vec<(&ClientId, &Entry)> = self.entries().collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let sessions: Vec<(&ClientId, &Session)> =
             (entries.iter()).filter_map(|(c, e)| Some((*c, e.session.as_ref()?))).collect();
@@ -141,18 +143,18 @@ impl Serialize for Sessions {
     }
 }
 
-impl<'de> Deserialize<'de> for Sessions {
+impl<'de> Deserialize<'de> for Clients {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         type Tables = (Vec<(ClientId, Session)>, Vec<(ClientId, ClientLoad)>);
         let (sessions, loads) = Tables::deserialize(deserializer)?;
-        let mut table = Sessions::default();
+        let mut table = Clients::default();
         for (client, session) in sessions {
             table.entry_or_insert(&client).session = Some(session);
         }
         for (client, load) in loads {
             table.entry_or_insert(&client).load = load;
         }
-        table.sessions = table.clients().filter(|(_, c)| c.session.is_some()).count();
+        table.sessions = table.entries().filter(|(_, c)| c.session.is_some()).count();
         Ok(table)
     }
 }
@@ -166,11 +168,11 @@ pub enum Lookup {
         /// The oldest number still answered.
         oldest_kept: u64,
     },
-    /// A new request: apply it, then [`Sessions::record`] the reply.
+    /// A new request: apply it, then [`Clients::record`] the reply.
     New,
 }
 
-impl Sessions {
+impl Clients {
     /// The slot of a client's entry: the recent one if it is this client's, else by hash.
     fn find(&self, client: &ClientId) -> Option<usize> {
         let recent = self.recent as usize;
@@ -183,23 +185,23 @@ impl Sessions {
     }
 
     /// A client's entry.
-    fn entry(&self, client: &ClientId) -> Option<&Client> {
+    fn entry(&self, client: &ClientId) -> Option<&Entry> {
         let at = self.find(client)?;
         self.slots[at].as_ref().map(|slot| &slot.entry)
     }
 
     /// A client's entry, to change.
-    fn entry_mut(&mut self, client: &ClientId) -> Option<&mut Client> {
+    fn entry_mut(&mut self, client: &ClientId) -> Option<&mut Entry> {
         let at = self.find(client)?;
         self.slots[at].as_mut().map(|slot| &mut slot.entry)
     }
 
     /// A client's entry, made empty if it has none; its slot becomes the recent one.
-    fn entry_or_insert(&mut self, client: &ClientId) -> &mut Client {
+    fn entry_or_insert(&mut self, client: &ClientId) -> &mut Entry {
         let at = match self.find(client) {
             Some(at) => at,
             None => {
-                let slot = Some(Slot { client: client.clone(), entry: Client::default() });
+                let slot = Some(Slot { client: client.clone(), entry: Entry::default() });
                 let at = match self.free.pop() {
                     Some(at) => {
                         self.slots[at as usize] = slot;
@@ -229,22 +231,17 @@ impl Sessions {
     }
 
     /// Every client's entry, in no particular order.
-    fn clients(&self) -> impl Iterator<Item = (&ClientId, &Client)> {
+    fn entries(&self) -> impl Iterator<Item = (&ClientId, &Entry)> {
         self.slots.iter().flatten().map(|slot| (&slot.client, &slot.entry))
     }
 
-    /// Number of sessions.
-    pub fn len(&self) -> usize {
+    /// Number of sessions (entries with a load alone are not counted).
+    pub fn session_count(&self) -> usize {
         self.sessions
     }
 
-    /// True when there are no sessions.
-    pub fn is_empty(&self) -> bool {
-        self.sessions == 0
-    }
-
     /// A session by client id.
-    pub fn get(&self, client: &ClientId) -> Option<&Session> {
+    pub fn session(&self, client: &ClientId) -> Option<&Session> {
         self.entry(client)?.session.as_ref()
     }
 
@@ -255,7 +252,7 @@ impl Sessions {
 
     /// Every client with a non-zero load.
     pub fn loads(&self) -> impl Iterator<Item = (&ClientId, ClientLoad)> {
-        (self.clients())
+        (self.entries())
             .filter(|(_, c)| c.load != ClientLoad::default())
             .map(|(id, c)| (id, c.load))
     }
@@ -281,7 +278,7 @@ impl Sessions {
 
     /// Rebuilds the age index after a restore.
     pub fn rebuild_index(&mut self) {
-        self.by_age = (self.clients())
+        self.by_age = (self.entries())
             .filter_map(|(c, e)| Some((c, e.session.as_ref()?)))
             .map(|(c, s)| ((s.last_seen_index, c.clone()), s.last_seen_ms))
             .collect();
@@ -385,9 +382,10 @@ impl Sessions {
 
     /// Checks that the age index matches the table, and that no entry is empty.
     pub fn check(&self) -> Result<(), String> {
-        let sessions = || self.clients().filter_map(|(c, e)| Some((c, e.session.as_ref()?)));
+        let sessions = || self.entries().filter_map(|(c, e)| Some((c, e.session.as_ref()?)));
         let entry_not_younger = |((index, client), ms): (&(u64, ClientId), &u64)| {
-            self.get(client).is_some_and(|s| *index <= s.last_seen_index && *ms <= s.last_seen_ms)
+            self.session(client)
+                .is_some_and(|s| *index <= s.last_seen_index && *ms <= s.last_seen_ms)
         };
         let clients: std::collections::BTreeSet<&ClientId> =
             self.by_age.keys().map(|(_, c)| c).collect();
@@ -400,10 +398,10 @@ impl Sessions {
         {
             return Err("session age index or replies do not match the session table".into());
         }
-        if self.clients().any(|(_, c)| c.is_empty()) {
+        if self.entries().any(|(_, c)| c.is_empty()) {
             return Err("the client table keeps an entry with neither session nor load".into());
         }
-        let indexed = |(c, _): (&ClientId, &Client)| {
+        let indexed = |(c, _): (&ClientId, &Entry)| {
             self.index.get(c).is_some_and(|&at| {
                 self.slots[at as usize].as_ref().is_some_and(|slot| slot.client == *c)
             })
@@ -411,7 +409,7 @@ impl Sessions {
         let occupied = self.slots.iter().flatten().count();
         if occupied != self.index.len()
             || occupied + self.free.len() != self.slots.len()
-            || !self.clients().all(indexed)
+            || !self.entries().all(indexed)
         {
             return Err("the client index, slots and free list do not agree".into());
         }
@@ -430,22 +428,22 @@ mod tests {
     #[test]
     fn an_evicted_session_keeps_the_clients_load() {
         let (a, b) = (id("a"), id("b"));
-        let mut table = Sessions::default();
+        let mut table = Clients::default();
         assert!(matches!(table.begin(&a, (1, 0), (1, 10), 1), Lookup::New));
         table.adjust_load(&a, |l| l.checkouts += 1);
         // With room for one session, b's session evicts a's; a's checkout still counts.
         assert!(matches!(table.begin(&b, (1, 0), (2, 20), 1), Lookup::New));
-        assert_eq!(table.len(), 1);
-        assert!(table.get(&a).is_none() && table.get(&b).is_some());
+        assert_eq!(table.session_count(), 1);
+        assert!(table.session(&a).is_none() && table.session(&b).is_some());
         assert_eq!(table.load(&a).checkouts, 1);
         table.check().expect("consistent");
 
         // Sessions and loads are written as two tables and read back whole.
         let bytes = postcard::to_allocvec(&table).expect("encodes");
-        let mut back: Sessions = postcard::from_bytes(&bytes).expect("decodes");
+        let mut back: Clients = postcard::from_bytes(&bytes).expect("decodes");
         back.rebuild_index();
         assert_eq!(back, table);
-        assert_eq!((back.len(), back.load(&a).checkouts), (1, 1));
+        assert_eq!((back.session_count(), back.load(&a).checkouts), (1, 1));
         back.check().expect("consistent after a round trip");
 
         // Once a's checkout ends, nothing of a is kept.
