@@ -42,19 +42,20 @@ pub mod path {
     pub const QUEUE: &str = "/v1/queue";
     /// `GET`: counters and clocks of the license state.
     pub const SUMMARY: &str = "/v1/summary";
-    /// `GET`: the cluster as the answering node sees it.
+    /// `GET`: the cluster as the answering node sees it ([`super::ClusterInfo`]).
     pub const CLUSTER: &str = "/v1/admin/cluster";
-    /// `POST`: bootstrap the cluster with the configured peers ([`super::InitBody`]).
+    /// `POST`: bootstrap the cluster with the configured peers ([`super::InitBody`] to
+    /// [`super::ClusterInfo`]).
     pub const INIT: &str = "/v1/admin/init";
     /// `POST`: install a license configuration ([`super::InstallBody`]).
     pub const LICENSE: &str = "/v1/admin/license";
-    /// `POST`: add a node ([`super::AddNodeBody`]).
+    /// `POST`: add a node ([`super::AddNodeBody`] to [`super::ClusterInfo`]).
     pub const NODES: &str = "/v1/admin/nodes";
-    /// `POST`: build a snapshot now.
+    /// `POST`: build a snapshot now ([`super::SnapshotReply`]).
     pub const SNAPSHOT: &str = "/v1/admin/snapshot";
-    /// `GET`: the process is up.
+    /// `GET`: the process is up ([`super::HealthReply`]).
     pub const HEALTHZ: &str = "/healthz";
-    /// `GET`: the node knows a leader and can serve.
+    /// `GET`: the node knows a leader and can serve ([`super::HealthReply`]).
     pub const READYZ: &str = "/readyz";
     /// `GET`: Prometheus text metrics.
     pub const METRICS: &str = "/metrics";
@@ -75,7 +76,7 @@ pub mod path {
     pub fn revoke(id: CheckoutId) -> String {
         format!("/v1/admin/checkouts/{}/revoke", id.0)
     }
-    /// `DELETE`: remove a node from the cluster.
+    /// `DELETE`: remove a node from the cluster (answers [`super::ClusterInfo`]).
     pub fn node(id: u64) -> String {
         format!("/v1/admin/nodes/{id}")
     }
@@ -458,6 +459,27 @@ pub struct MemberInfo {
     pub matched_index: Option<u64>,
     /// Known on the leader: entries it is behind.
     pub lag: Option<u64>,
+}
+
+/// The answer to `POST /v1/admin/snapshot`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotReply {
+    /// The node that built the snapshot.
+    pub node: u64,
+    /// The last log index the snapshot covers; `null` when the node has applied nothing.
+    pub snapshot_index: Option<u64>,
+}
+
+/// The answer of `GET /healthz` and of a ready `GET /readyz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReply {
+    /// `ok` (`/healthz`) or `ready` (`/readyz`).
+    pub status: String,
+    /// The answering node.
+    pub node: u64,
+    /// The leader, if known; `/healthz` leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
 }
 
 /// The body of every answer that is not 2xx.

@@ -36,9 +36,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::api::{
-    self, AddNodeBody, CheckoutBody, CheckoutQuery, ClusterInfo, Consistency, ErrorBody, InitBody,
-    InstallBody, InstallReply, LeaseReply, QueueQuery, ReadQuery, ReleaseReply, RevokeBody,
-    RevokeReply,
+    self, AddNodeBody, CheckoutBody, CheckoutQuery, ClusterInfo, Consistency, Envelope, ErrorBody,
+    InitBody, InstallBody, InstallReply, LeaseReply, QueueQuery, ReadQuery, ReleaseReply,
+    RevokeBody, RevokeReply, SnapshotReply,
 };
 use crate::config::{ClientConfig, generate_client_id};
 use crate::error::ClientError;
@@ -240,24 +240,26 @@ impl Client {
         self.write(api::path::LICENSE.to_string(), to_value(&body), true, self.budget()).await
     }
 
-    /// Admin: adds a node to the cluster. The answer is the server's JSON.
-    pub async fn add_node(&self, body: AddNodeBody) -> Result<Value, ClientError> {
+    /// Admin: adds a node to the cluster; answers the cluster once the node is in it.
+    pub async fn add_node(&self, body: AddNodeBody) -> Result<ClusterInfo, ClientError> {
         self.call(Method::POST, api::path::NODES.to_string(), Some(to_value(&body)), true).await
     }
 
-    /// Admin: removes node `id` from the cluster. The answer is the server's JSON.
-    pub async fn remove_node(&self, id: u64) -> Result<Value, ClientError> {
+    /// Admin: removes node `id` from the cluster; answers the cluster without it.
+    pub async fn remove_node(&self, id: u64) -> Result<ClusterInfo, ClientError> {
         self.call(Method::DELETE, api::path::node(id), None, true).await
     }
 
-    /// Admin: builds a snapshot now. The answer is the server's JSON.
-    pub async fn snapshot(&self) -> Result<Value, ClientError> {
+    /// Admin: builds a snapshot now on whichever node answers.
+    pub async fn snapshot(&self) -> Result<SnapshotReply, ClientError> {
+        // The route reads no body; an empty object is what `curl -d '{}'` sends.
         let body = Some(Value::Object(Default::default()));
         self.call(Method::POST, api::path::SNAPSHOT.to_string(), body, true).await
     }
 
-    /// Admin: bootstraps the cluster. The answer is the server's JSON.
-    pub async fn init(&self, body: InitBody) -> Result<Value, ClientError> {
+    /// Admin: bootstraps the cluster; answers the cluster once it has a leader (and the
+    /// license, unless `install_license` is off).
+    pub async fn init(&self, body: InitBody) -> Result<ClusterInfo, ClientError> {
         self.call(Method::POST, api::path::INIT.to_string(), Some(to_value(&body)), true).await
     }
 
@@ -275,7 +277,7 @@ impl Client {
         id: CheckoutId,
         budget: Budget,
     ) -> Result<LeaseReply, ClientError> {
-        let body = Value::Object(Default::default());
+        let body = to_value(&Envelope::default());
         self.write(api::path::heartbeat(id), body, false, budget).await
     }
 
@@ -284,7 +286,7 @@ impl Client {
         id: CheckoutId,
         budget: Budget,
     ) -> Result<ReleaseReply, ClientError> {
-        let body = Value::Object(Default::default());
+        let body = to_value(&Envelope::default());
         self.write(api::path::release(id), body, false, budget).await
     }
 

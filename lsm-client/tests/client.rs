@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Fake, Role, dead_addr};
-use lsm_client::api::{CheckoutBody, ErrorCode, ItemBody, LeaseReply, WaitBody};
+use lsm_client::api::{CheckoutBody, ErrorCode, ItemBody, LeaseReply, SnapshotReply, WaitBody};
 use lsm_client::transport::{BoxFuture, HyperTransport, Transport, TransportError};
 use lsm_client::{CheckoutOptions, Client, ClientConfig, ClientError, LeaseLoss};
 use lsm_core::{CheckoutId, Denial};
@@ -392,6 +392,17 @@ async fn admin_routes_carry_the_admin_token_and_reads_do_not() {
         client.cluster_of(&dead_addr()).await,
         Err(ClientError::Unavailable { attempts: 1, .. })
     ));
+}
+
+#[tokio::test]
+async fn admin_calls_answer_the_routes_reply_types() {
+    let fake = Fake::start(&[Role::Leader]).await;
+    let client = Client::new(config(&fake.addrs)).unwrap();
+    let snapshot = client.snapshot().await.unwrap();
+    assert_eq!(snapshot, SnapshotReply { node: 1, snapshot_index: Some(5) });
+    let info = client.remove_node(2).await.unwrap();
+    assert_eq!((info.node, info.members.len(), info.members[0].voter), (1, 1, true));
+    assert_eq!(fake.seen("/v1/admin/nodes/2").len(), 1);
 }
 
 /// Answers every exchange at once, without a network: `not_leader` from a live node, or

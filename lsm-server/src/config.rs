@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -194,27 +195,46 @@ impl From<&RaftTiming> for Timing {
 /// of at least a tenth of the TTL.
 const MAX_CLOCK_DRIFT_PPM: u64 = 90_000;
 
-/// The top-level keys, for filtering the environment.
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "node_id",
-    "cluster_id",
-    "listen",
-    "advertise",
-    "data_dir",
-    "license_file",
-    "policy_file",
-    "lease_ttl_ms",
-    "queue_poll_ttl_ms",
-    "request_timeout_ms",
-    "max_body_bytes",
-    "admin_token",
-    "log_format",
-    "log_level",
-    "peers",
-    "dial",
-    "raft",
-    "limits",
-];
+/// The top-level keys, for filtering the environment and checking `--set`: the fields of
+/// [`Config`] in declaration order, as its derived `Deserialize` names them, so the list
+/// follows the struct.
+static TOP_LEVEL_KEYS: LazyLock<&'static [&'static str]> = LazyLock::new(struct_fields::<Config>);
+
+/// The field names a struct's derived `Deserialize` passes to `deserialize_struct`.
+fn struct_fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{self, Deserializer, Visitor, value::Error as Found};
+
+    /// A deserializer that only records the field names it is asked for.
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = Found;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Found> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Found> {
+            *self.0 = fields;
+            Err(de::Error::custom("the fields are recorded"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
 
 /// Bounds of the settings that are not the state machine's.
 const MAX_REQUEST_TIMEOUT_MS: u64 = 600_000;

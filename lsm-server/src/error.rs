@@ -1,13 +1,15 @@
 //! Errors: the crate's [`ServerError`], and [`ApiError`], an HTTP answer that is not 2xx.
 //!
 //! Every refusal the HTTP API gives is built here, so the mapping from a cause (a bad
-//! body, a state-machine [`Denial`], a Raft [`lsm_raft::error::Error`], a timeout) to a
-//! status and a stable [`ErrorCode`] lives in one place. The body is always
+//! body, a state-machine [`Denial`], a Raft [`lsm_raft::error::Error`], a timeout, or a
+//! plain-text error of axum's own, see [`as_json`]) to a stable [`ErrorCode`] lives in
+//! one place; the code's HTTP status is [`ErrorCode::status`]. The body is always
 //! [`ErrorBody`] JSON.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
 use lsm_client::api::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
 use lsm_core::Denial;
 use lsm_raft::error::Error as RaftError;
@@ -46,9 +48,17 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
-    /// A request to a running node failed or was refused.
+    /// A request to a running node failed, or its answer was not what the API promises.
     #[error("{0}")]
     Remote(String),
+    /// A running node refused a request with an error of the API.
+    #[error("{} (HTTP {status}): {}", detail.code, detail.message)]
+    Refused {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// The answer's error.
+        detail: Box<ErrorDetail>,
+    },
 }
 
 impl ServerError {
@@ -60,6 +70,14 @@ impl ServerError {
     /// An IO error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> ServerError {
         ServerError::Io { context: context.into(), source }
+    }
+
+    /// The code of a running node's refusal, if it is one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ServerError::Refused { detail, .. } => Some(detail.code),
+            _ => None,
+        }
     }
 
     /// The field a configuration error names, if it is one.
@@ -169,6 +187,25 @@ impl ApiError {
         }
     }
 
+    /// An error answer that is not the API's own (a rejection of axum's extractors, a
+    /// plain-text error): the code for its status, and its text as the message.
+    pub fn of_status(status: StatusCode, text: &str) -> ApiError {
+        let code = match status.as_u16() {
+            400 => ErrorCode::MalformedRequest,
+            401 => ErrorCode::Unauthorized,
+            404 => ErrorCode::NotFound,
+            405 => ErrorCode::MethodNotAllowed,
+            408 | 504 => ErrorCode::Timeout,
+            413 => ErrorCode::BodyTooLarge,
+            415 => ErrorCode::UnsupportedMediaType,
+            503 => ErrorCode::Unavailable,
+            s if (400..500).contains(&s) => ErrorCode::BadRequest,
+            _ => ErrorCode::Internal,
+        };
+        let message = if text.trim().is_empty() { status.to_string() } else { text.to_string() };
+        ApiError::new(code, message)
+    }
+
     /// The HTTP status of the code.
     pub fn status(&self) -> StatusCode {
         StatusCode::from_u16(self.detail.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -193,7 +230,57 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Turns an error answer that is not JSON into an [`ApiError`] ([`ApiError::of_status`]),
+/// so every error of the API has the same shape; any other answer passes unchanged.
+pub async fn as_json(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let body = Limited::new(response.into_body(), 64 * 1024).collect().await;
+    let text =
+        body.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned()).unwrap_or_default();
+    ApiError::of_status(status, &text).into_response()
+}
+
 /// Marks a response that carries a refusal of the state machine, with its code, so the
 /// metrics layer can count denials without parsing bodies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeniedWith(pub ErrorCode);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_error_gets_the_code_of_its_status() {
+        use ErrorCode::*;
+        let cases = [
+            (400, MalformedRequest),
+            (401, Unauthorized),
+            (404, NotFound),
+            (405, MethodNotAllowed),
+            (408, Timeout),
+            (413, BodyTooLarge),
+            (415, UnsupportedMediaType),
+            (422, BadRequest),
+            (500, Internal),
+            (502, Internal),
+            (503, Unavailable),
+            (504, Timeout),
+        ];
+        for (status, code) in cases {
+            let error = ApiError::of_status(StatusCode::from_u16(status).unwrap(), "why");
+            assert_eq!((status, error.code()), (status, code));
+            assert_eq!(error.detail.message, "why");
+        }
+        let silent = ApiError::of_status(StatusCode::PAYLOAD_TOO_LARGE, " \n");
+        assert_eq!(silent.detail.message, "413 Payload Too Large");
+        assert_eq!(silent.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

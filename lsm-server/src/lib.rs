@@ -17,6 +17,7 @@
 //! - [`error`]: [`ServerError`] and the one mapping to HTTP errors; [`metrics`]:
 //!   Prometheus; [`logging`]: tracing;
 //! - [`cli`]: the `lsm-server` commands; [`dev`]: a three-node cluster on one machine;
+//!   [`kit`]: `lsm-server` processes on one machine (for `dev`, tests and benchmarks);
 //!   [`remote`]: a command's request to a running node.
 //!
 //! ```no_run
@@ -34,6 +35,7 @@ mod dispatch;
 pub mod error;
 mod extract;
 mod forward;
+pub mod kit;
 pub mod logging;
 pub mod metrics;
 pub mod remote;
@@ -42,6 +44,4 @@ pub mod server;
 
 pub use config::{Config, LogFormat, Overrides, RaftTiming};
 pub use error::{ApiError, ServerError};
-pub use routes::admin::SnapshotReply;
-pub use routes::health::HealthReply;
 pub use server::{Server, run};

@@ -15,12 +15,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
-use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
-use http_body_util::{BodyExt, Limited};
 use lsm_client::api::{ErrorCode, FORWARDED_HEADER, LEADER_HEADER, NODE_HEADER, path};
 use lsm_client::transport::{HyperTransport, Transport};
 use lsm_raft::backend::{Backend, SledBackend};
@@ -33,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::dial::{Dial, DialNetwork};
-use crate::error::{ApiError, DeniedWith, ServerError};
+use crate::error::{self, ApiError, DeniedWith, ServerError};
 use crate::metrics::Metrics;
 use crate::routes::{admin, checkouts, health, reads};
 
@@ -230,7 +228,7 @@ async fn stamp(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
     let mut response = next.run(request).await;
     // Peer RPCs keep their binary refusals and need no headers.
     if !route.starts_with("/raft/") {
-        response = json_error(response).await;
+        response = error::as_json(response).await;
         let headers = response.headers_mut();
         headers.insert(NODE_HEADER, HeaderValue::from(shared.node.id()));
         if let Some(leader) = shared.leader_addr()
@@ -244,38 +242,6 @@ async fn stamp(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
     }
     shared.metrics.observe_request(&route, response.status().as_u16(), started.elapsed());
     response
-}
-
-/// Turns an error answer that is not JSON (a rejection of axum's own extractors) into
-/// an [`ApiError`], so every error of the API has the same shape. The peer RPC routes keep
-/// their binary refusals.
-async fn json_error(response: Response) -> Response {
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let code = match status.as_u16() {
-        400 => ErrorCode::MalformedRequest,
-        401 => ErrorCode::Unauthorized,
-        404 => ErrorCode::NotFound,
-        405 => ErrorCode::MethodNotAllowed,
-        408 | 504 => ErrorCode::Timeout,
-        413 => ErrorCode::BodyTooLarge,
-        415 => ErrorCode::UnsupportedMediaType,
-        503 => ErrorCode::Unavailable,
-        s if (400..500).contains(&s) => ErrorCode::BadRequest,
-        _ => ErrorCode::Internal,
-    };
-    let body = Limited::new(response.into_body(), 64 * 1024).collect().await;
-    let text =
-        body.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned()).unwrap_or_default();
-    let message = if text.trim().is_empty() { status.to_string() } else { text };
-    ApiError::new(code, message).into_response()
 }
 
 impl Shared {

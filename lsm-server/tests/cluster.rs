@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{TEST_TIMEOUT, TestCluster, checkout};
+use lsm_client::api::{ErrorCode, HealthReply, InitBody, SnapshotReply};
+use lsm_server::remote::Remote;
 use serde_json::{Value, json};
 
 async fn bounded(test: impl Future<Output = ()>) {
@@ -260,6 +262,13 @@ async fn admin_routes_health_and_metrics() {
             let again = http.raw(addr, "POST", "/v1/admin/init", &auth, b"{}".to_vec()).await;
             assert_eq!((again.status, again.code()), (409, "already_initialized"), "{:?}", again.json);
         }
+        // The command line's calls read the same answers as typed replies and refusals.
+        let remote = Remote::new(f.clone(), Some("s3cret".into()));
+        let info = remote.cluster(TEST_TIMEOUT).await.expect("the cluster view");
+        assert_eq!((info.role.as_str(), info.members.len()), ("Follower", 3));
+        let again = remote.init(&InitBody::default(), TEST_TIMEOUT).await.unwrap_err();
+        assert_eq!(again.code(), Some(ErrorCode::AlreadyInitialized), "{again}");
+        assert_eq!(remote.healthz(TEST_TIMEOUT).await.expect("healthz").status, "ok");
 
         // The cluster view is local.
         let view = http.raw(f, "GET", "/v1/admin/cluster", &auth, vec![]).await;
@@ -302,6 +311,8 @@ async fn admin_routes_health_and_metrics() {
             assert_eq!(http.get(addr, "/healthz").await.status, 200);
             let ready = http.get(addr, "/readyz").await;
             assert_eq!(ready.status, 200, "{:?}", ready.json);
+            let ready: HealthReply = serde_json::from_value(ready.json).expect("a HealthReply");
+            assert_eq!((ready.status.as_str(), ready.leader.is_some()), ("ready", true));
             let metrics = http.text(addr, "/metrics").await;
             for needle in [
                 "lsm_feature_tokens_total{feature=\"solver\"} 20",
@@ -326,7 +337,8 @@ async fn admin_routes_health_and_metrics() {
         // A snapshot on a follower.
         let snap = http.raw(f, "POST", "/v1/admin/snapshot", &auth, vec![]).await;
         assert_eq!(snap.status, 200, "{:?}", snap.json);
-        assert!(snap.json["snapshot_index"].as_u64().is_some_and(|i| i > 0), "{:?}", snap.json);
+        let snap: SnapshotReply = serde_json::from_value(snap.json).expect("a SnapshotReply");
+        assert!(snap.snapshot_index.is_some_and(|i| i > 0), "{snap:?}");
 
         // When the leader cannot be reached, a follower answers 502 forward_failed.
         cluster.switches[followers[1]].fail.store(true, Ordering::SeqCst);

@@ -153,6 +153,14 @@ fn loading_refuses_what_it_cannot_read() {
         assert_eq!(f.as_deref(), Some("--set"));
         let (f, e) = field(Config::load(None, &set("nonsense=1")));
         assert_eq!(f.as_deref(), Some("--set"), "{e}");
+        // The keys are `Config`'s fields, in the order the struct declares them.
+        assert_eq!(
+            e,
+            "--set: \"nonsense\" is not a configuration key; the keys are node_id, cluster_id, \
+             listen, advertise, data_dir, license_file, policy_file, lease_ttl_ms, \
+             queue_poll_ttl_ms, request_timeout_ms, max_body_bytes, admin_token, log_format, \
+             log_level, peers, dial, raft, limits"
+        );
         let (f, _) = field(Config::load(Some(Path::new("missing.toml")), &Overrides::default()));
         assert_eq!(f.as_deref(), Some("--config"));
 

@@ -179,14 +179,9 @@ async fn admin(ctx: &Context, command: AdminCommand) -> Result<(), CliError> {
         }
         AdminCommand::Snapshot => {
             let reply = client.snapshot().await?;
-            print(ctx, &reply, || {
-                match (reply["node"].as_u64(), reply["snapshot_index"].as_u64()) {
-                    (Some(node), Some(index)) => {
-                        format!("node {node} has a snapshot at log index {index}\n")
-                    }
-                    (Some(node), None) => format!("node {node} has nothing to snapshot yet\n"),
-                    _ => answer_or("snapshot requested", &reply),
-                }
+            print(ctx, &reply, || match reply.snapshot_index {
+                Some(index) => format!("node {} has a snapshot at log index {index}\n", reply.node),
+                None => format!("node {} has nothing to snapshot yet\n", reply.node),
             })
         }
         AdminCommand::Init { members, no_license } => {
@@ -214,30 +209,15 @@ pub fn parse_license(text: &str, json: bool) -> Result<Install, String> {
     }
 }
 
-/// The members of a cluster view the server answered with, one per line; the raw
-/// answer when it is not a cluster view.
-fn member_lines(reply: &serde_json::Value) -> String {
-    match serde_json::from_value::<ClusterInfo>(reply.clone()) {
-        Ok(info) => {
-            let mut out = String::new();
-            for m in &info.members {
-                let role = if m.voter { "voter" } else { "learner" };
-                let leader = if info.leader == Some(m.id) { ", leader" } else { "" };
-                out.push_str(&format!("  node {} at {} ({role}{leader})\n", m.id, m.addr));
-            }
-            out
-        }
-        Err(_) if reply.is_null() => String::new(),
-        Err(_) => format!("{reply}\n"),
+/// The members of a cluster view, one per line.
+fn member_lines(info: &ClusterInfo) -> String {
+    let mut out = String::new();
+    for m in &info.members {
+        let role = if m.voter { "voter" } else { "learner" };
+        let leader = if info.leader == Some(m.id) { ", leader" } else { "" };
+        out.push_str(&format!("  node {} at {} ({role}{leader})\n", m.id, m.addr));
     }
-}
-
-/// `done` text, followed by the server's answer when it said anything.
-fn answer_or(done: &str, reply: &serde_json::Value) -> String {
-    match reply {
-        serde_json::Value::Null => format!("{done}\n"),
-        other => format!("{done}: {other}\n"),
-    }
+    out
 }
 
 /// Prints `value` as JSON with `--json`, else the text `human` renders.

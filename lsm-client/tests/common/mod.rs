@@ -394,6 +394,12 @@ fn apply(s: &mut FakeState, method: &Method, path: &str, body: &Value) -> (Statu
             "node": 1, "role": "Leader", "term": 2, "leader": 1, "leader_addr": "x:1",
             "last_log_index": 5, "commit_index": 5, "applied_index": 5, "members": []
         })),
+        ("DELETE", ["v1", "admin", "nodes", _]) => ok(json!({
+            "node": 1, "role": "Leader", "term": 2, "leader": 1, "leader_addr": "x:1",
+            "last_log_index": 6, "commit_index": 6, "applied_index": 6,
+            "members": [{"id": 1, "addr": "x:1", "voter": true, "matched_index": 6, "lag": 0}],
+        })),
+        ("POST", ["v1", "admin", "snapshot"]) => ok(json!({ "node": 1, "snapshot_index": 5 })),
         ("POST", ["v1", "admin", "checkouts", id, "revoke"]) => {
             let id: u64 = id.parse().unwrap();
             let reason = body["reason"].as_str().unwrap().to_string();

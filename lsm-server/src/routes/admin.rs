@@ -18,14 +18,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use lsm_client::api::{
     AddNodeBody, ClusterInfo, ErrorBody, ErrorCode, FORWARDED_HEADER, InitBody, InstallBody,
-    MemberInfo, RevokeBody, path,
+    MemberInfo, RevokeBody, SnapshotReply, path,
 };
 use lsm_core::{ClientId, Command, Install, Op, Request as CoreRequest};
 use lsm_raft::error::Error as RaftError;
 use lsm_raft::node::LsmNode;
 use lsm_raft::runtime::ThreadRng;
 use rand08::RngCore;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::is_host_port;
@@ -39,15 +38,6 @@ pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long `init` waits for a leader and for the license install after bootstrapping.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The answer to `POST /v1/admin/snapshot`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotReply {
-    /// The node that built the snapshot.
-    pub node: u64,
-    /// The last log index the snapshot covers; `null` when the node has applied nothing.
-    pub snapshot_index: Option<u64>,
-}
 
 /// Refuses admin requests without the configured token (`401 unauthorized`).
 pub async fn authorize(

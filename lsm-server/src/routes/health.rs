@@ -11,23 +11,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use lsm_client::api::ErrorCode;
-use serde::{Deserialize, Serialize};
+use lsm_client::api::{ErrorCode, HealthReply};
 
 use crate::error::ApiError;
 use crate::server::Shared;
-
-/// The answer of `/healthz` and of a ready `/readyz`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthReply {
-    /// `ok` or `ready`.
-    pub status: String,
-    /// The answering node.
-    pub node: u64,
-    /// The leader, if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub leader: Option<u64>,
-}
 
 /// `GET /healthz`.
 pub async fn healthz(State(shared): State<Arc<Shared>>) -> Json<HealthReply> {
