@@ -58,7 +58,9 @@ pub fn grant_bounds(model: &Model, ctx: &Ctx, req: &CheckoutRequest, item: &Gran
         "the model grants {item:?} with {in_use} of {total} tokens in use"
     );
     let pool = f.pool(&item.pool).filter(|p| !p.retired);
-    let Some(pool) = pool else { ctx.fail(format_args!("the model grants {item:?} from a pool not configured")) };
+    let Some(pool) = pool else {
+        ctx.fail(format_args!("the model grants {item:?} from a pool not configured"))
+    };
     let pool_use = held.get(&item.pool).copied().unwrap_or(0);
     ensure!(
         ctx,
@@ -86,13 +88,16 @@ fn queue_progress(model: &Model, ctx: &Ctx) {
         return;
     }
     for w in &model.queue {
-        if !model.woken_all && !w.request.items.iter().any(|i| model.woken.contains_key(&i.feature)) {
+        if !model.woken_all && !w.request.items.iter().any(|i| model.woken.contains_key(&i.feature))
+        {
             continue;
         }
         match model.plan(&w.request, true) {
             Ok(takes) => {
                 let held_back = (model.queue.iter()).any(|b| {
-                    b.key() < w.key() && model.blocking(b) && takes.iter().any(|t| model.competes(b, t))
+                    b.key() < w.key()
+                        && model.blocking(b)
+                        && takes.iter().any(|t| model.competes(b, t))
                 });
                 ensure!(
                     ctx,
@@ -158,7 +163,11 @@ fn accounting(model: &Model, ctx: &Ctx) {
         }
         ensure!(ctx, backed <= f.ent.tokens_total, "{name}: {backed} backed tokens over the total");
         let shared: u64 = f.pools.iter().map(|p| f.shared(&p.spec.name)).sum();
-        ensure!(ctx, shared <= f.shared_size(), "{name}: {shared} shared tokens over the remainder");
+        ensure!(
+            ctx,
+            shared <= f.shared_size(),
+            "{name}: {shared} shared tokens over the remainder"
+        );
         if !model.clean.contains(name) {
             continue;
         }
@@ -166,7 +175,11 @@ fn accounting(model: &Model, ctx: &Ctx) {
         let idle: u64 = (f.pools.iter().filter(|p| !p.spec.lend))
             .map(|p| p.spec.reserve.saturating_sub(held.get(&p.spec.name).copied().unwrap_or(0)))
             .sum();
-        ensure!(ctx, free >= idle, "{name}: {free} tokens free but {idle} reserved and idle ({held:?})");
+        ensure!(
+            ctx,
+            free >= idle,
+            "{name}: {free} tokens free but {idle} reserved and idle ({held:?})"
+        );
     }
 }
 
@@ -313,8 +326,7 @@ impl Run {
     /// Two different replays by the same client leave identical states.
     pub fn compare_with_alt_retry(&self, alt_state: &mut State, meta: Meta, alt: Request) {
         let ctx = &self.ctx;
-        let kept =
-            self.model.session(&alt.client).is_some_and(|s| s.reply(alt.seq).is_some());
+        let kept = self.model.session(&alt.client).is_some_and(|s| s.reply(alt.seq).is_some());
         let client = self.clients.iter().find(|c| c.id == alt.client).expect("a generated client");
         let first = client.sent.iter().find(|(r, _)| r.seq == alt.seq).and_then(|(_, a)| a.clone());
         let (true, Some(reply)) = (kept, first) else { return };
@@ -399,5 +411,4 @@ impl Run {
             "status of {id:?}"
         );
     }
-
 }

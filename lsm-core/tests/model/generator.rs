@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, VecDeque};
 
 use lsm_core::{
     CheckoutId, CheckoutRequest, ClientId, Command, CostRule, Demand, Entitlement, FeatureName,
-    Install, Item, JobId, MAX_REASON_LEN, Meta, Op, ParallelMode, Policy, PoolSpec,
-    Request, Response, Rule, Subject, Wait,
+    Install, Item, JobId, MAX_REASON_LEN, Meta, Op, ParallelMode, Policy, PoolSpec, Request,
+    Response, Rule, Subject, Wait,
 };
-use rand::seq::IndexedRandom;
 use rand::Rng;
+use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::{HOUR, MAX_LIVE, MINUTE, Run, SECOND, T0, name};
@@ -30,7 +30,6 @@ pub const RULED: &str = "ruled";
 pub const CRASH: &str = "crash";
 pub const IMPLICIT: &str = "implicit";
 pub const FEATURES: [&str; 6] = [SOLO, HPC, LATE, RULED, CRASH, IMPLICIT];
-
 
 /// What kind of step the generator made, for the checks that depend on it.
 pub enum Kind {
@@ -50,7 +49,6 @@ pub struct ClientState {
     /// Recent requests and the first answers to them, for retries.
     pub sent: VecDeque<(Request, Option<Response>)>,
 }
-
 
 impl Run {
     pub fn next_meta(&mut self) -> Meta {

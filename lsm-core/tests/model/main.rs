@@ -171,6 +171,7 @@ mod checks;
 mod generator;
 mod model;
 mod pools;
+mod queue;
 
 use generator::{BaseFeature, ClientState, Kind, RULED, base_config};
 use model::{Disposition, Model};
@@ -325,7 +326,6 @@ struct Run {
     usage: BTreeMap<(FeatureName, PoolName), u64>,
     coverage: Coverage,
 }
-
 
 impl Run {
     fn new(seed: u64, steps: usize) -> Run {
@@ -547,5 +547,4 @@ impl Run {
             c.shrinks_below_use += u64::from(shrunk);
         }
     }
-
 }

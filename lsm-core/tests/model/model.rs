@@ -16,12 +16,13 @@ use std::sync::Arc;
 use lsm_core::{
     Checkout, CheckoutId, CheckoutRequest, ClientId, Command, CostRule, Demand, Denial, End,
     Entitlement, Event, FeatureName, Grant, GrantedItem, HostName, Install, InstallError, Item,
-    Limits, MAX_REASON_LEN, Meta, Op, Output, PoolName, PoolSpec, Policy, Queued, Request,
+    Limits, MAX_REASON_LEN, Meta, Op, Output, Policy, PoolName, PoolSpec, Queued, Request,
     Response, Rule, Subject, UserName,
 };
 
 use crate::Ctx;
 use crate::pools::{Feature, Pool, Take};
+pub use crate::queue::Waiter;
 
 /// A refusal and whether the doc calls it transient (kind 3 of the grant rule).
 #[derive(Clone, Debug)]
@@ -36,33 +37,6 @@ fn never(denial: Denial) -> Refusal {
 
 fn not_now(denial: Denial) -> Refusal {
     Refusal { denial, transient: true }
-}
-
-/// A queued request.
-#[derive(Clone, Debug)]
-pub struct Waiter {
-    pub id: CheckoutId,
-    pub client: ClientId,
-    pub request: CheckoutRequest,
-    pub priority: u8,
-    pub poll_ttl_ms: u64,
-    pub wait_expires_at_ms: u64,
-    pub queued_at_ms: u64,
-    pub bypassed: u32,
-    /// Its last refusal was for want of tokens; a waiter held back only by a max rule
-    /// waits for its own user, so nothing competes with it.
-    pub short_of_tokens: bool,
-}
-
-impl Waiter {
-    /// Queue order: higher priority first, then arrival.
-    pub fn key(&self) -> (u8, CheckoutId) {
-        (u8::MAX - self.priority, self.id)
-    }
-
-    pub fn wants(&self, feature: &FeatureName) -> bool {
-        self.request.items.iter().any(|i| &i.feature == feature)
-    }
 }
 
 /// A client session: when it was last seen, the oldest sequence number it still answers
@@ -97,13 +71,13 @@ pub enum Disposition {
 
 /// What one command did besides its answer.
 #[derive(Default)]
-struct Fx {
-    events: Vec<Event>,
+pub struct Fx {
+    pub events: Vec<Event>,
     /// Features whose tokens came free, or whose blocking waiter left: the queue serves
     /// their waiters.
-    freed: BTreeSet<FeatureName>,
+    pub freed: BTreeSet<FeatureName>,
     /// Everything may have changed (a new license, or room under the global limit).
-    freed_all: bool,
+    pub freed_all: bool,
 }
 
 /// The whole state.
@@ -139,7 +113,7 @@ pub fn bad(field: impl Into<String>) -> Denial {
     Denial::BadRequest { field: field.into(), problem: String::new() }
 }
 
-fn limit(limit: &str, max: u64) -> Denial {
+pub fn limit(limit: &str, max: u64) -> Denial {
     Denial::LimitReached { limit: limit.to_string(), max }
 }
 
@@ -151,9 +125,9 @@ pub fn cost(rule: &CostRule, demand: Demand) -> Option<u64> {
         Demand::Cores { cores, .. } => cores,
     };
     match *rule {
-        CostRule::PerCore { base_tokens, tokens_per_core, cores_included } => {
-            tokens_per_core.checked_mul(cores.saturating_sub(cores_included))?.checked_add(base_tokens)
-        }
+        CostRule::PerCore { base_tokens, tokens_per_core, cores_included } => tokens_per_core
+            .checked_mul(cores.saturating_sub(cores_included))?
+            .checked_add(base_tokens),
         CostRule::HpcPacks { base_tokens, cores_included } => {
             let extra = cores.saturating_sub(cores_included);
             // The fewest packs n with 2 * 4^n >= extra, and none when nothing is extra.
@@ -204,7 +178,7 @@ impl Model {
         self.queue.iter().find(|w| w.id == id)
     }
 
-    fn waiter_mut(&mut self, id: CheckoutId) -> &mut Waiter {
+    pub fn waiter_mut(&mut self, id: CheckoutId) -> &mut Waiter {
         self.queue.iter_mut().find(|w| w.id == id).expect("the waiter is queued")
     }
 
@@ -224,7 +198,7 @@ impl Model {
     }
 
     /// Live checkouts plus queued requests of a client.
-    fn load(&self, client: &ClientId) -> (u64, u64) {
+    pub fn load(&self, client: &ClientId) -> (u64, u64) {
         let live = self.live.iter().filter(|c| &c.client == client).count();
         let queued = self.queue.iter().filter(|w| &w.client == client).count();
         (live as u64, queued as u64)
@@ -254,7 +228,13 @@ impl Model {
 
     /// Tokens of `feature` held by the subject of a max rule that covers `user`@`host`:
     /// the user itself for a user rule or `each_user`, all members together for a group.
-    fn held_by(&self, feature: &FeatureName, subject: &Subject, user: &UserName, host: &HostName) -> u64 {
+    fn held_by(
+        &self,
+        feature: &FeatureName,
+        subject: &Subject,
+        user: &UserName,
+        host: &HostName,
+    ) -> u64 {
         let counts = |c: &Checkout| match subject {
             Subject::User(_) | Subject::EachUser => &c.user == user,
             Subject::Host(_) => &c.host == host,
@@ -266,13 +246,22 @@ impl Model {
 
     /// The include and exclude rules: exclusion wins; with any include rule, only
     /// requesters it covers pass.
-    pub fn access(&self, feature: &FeatureName, user: &UserName, host: &HostName) -> Result<(), Denial> {
-        let rules: Vec<&Rule> = self.policy.rules.iter().filter(|r| r.feature() == feature).collect();
+    pub fn access(
+        &self,
+        feature: &FeatureName,
+        user: &UserName,
+        host: &HostName,
+    ) -> Result<(), Denial> {
+        let rules: Vec<&Rule> =
+            self.policy.rules.iter().filter(|r| r.feature() == feature).collect();
         for rule in &rules {
             if let Rule::Exclude { subject, .. } = rule
                 && self.covers(subject, user, host)
             {
-                return Err(Denial::Excluded { feature: feature.clone(), subject: subject.clone() });
+                return Err(Denial::Excluded {
+                    feature: feature.clone(),
+                    subject: subject.clone(),
+                });
             }
         }
         let includes: Vec<&Subject> = (rules.iter())
@@ -418,9 +407,7 @@ impl Model {
         for (f, pool, tokens) in sized {
             self.max_rules(f.name(), &req.user, &req.host, tokens)?;
             let take = f.plan(pool, tokens).map_err(not_now)?;
-            if !queued
-                && let Some(waiter) = self.blocker_of(&take)
-            {
+            if !queued && let Some(waiter) = self.blocker_of(&take) {
                 let feature = f.name().clone();
                 return Err(not_now(Denial::QueueBlocked { feature, waiter }));
             }
@@ -429,51 +416,9 @@ impl Model {
         Ok(takes)
     }
 
-    /// "Anti-starvation": a grant competes with a waiter short of tokens of the same
-    /// feature when it takes from the waiter's pool, the shared remainder or a lender.
-    pub fn competes(&self, w: &Waiter, take: &Take) -> bool {
-        if !w.short_of_tokens {
-            return false;
-        }
-        let Some(item) = w.request.items.iter().find(|i| i.feature == take.feature) else {
-            return false;
-        };
-        let Some(f) = self.feature(&take.feature) else { return false };
-        let Ok(pool) = self.route(f, item) else { return false };
-        pool.spec.name == take.pool || take.beyond_own_reserve()
-    }
-
-    pub fn blocking(&self, w: &Waiter) -> bool {
-        w.short_of_tokens && w.bypassed >= self.limits.max_queue_bypass
-    }
-
-    /// The oldest blocking waiter a new grant would compete with.
-    fn blocker_of(&self, take: &Take) -> Option<CheckoutId> {
-        let mut ids: Vec<CheckoutId> = (self.queue.iter())
-            .filter(|w| self.blocking(w) && self.competes(w, take))
-            .map(|w| w.id)
-            .collect();
-        ids.sort();
-        ids.first().copied()
-    }
-
-    /// Counts a bypass against every waiter the grant competes with; for a grant from the
-    /// queue, only against waiters ahead of it (`ahead_of`).
-    fn count_bypasses(&mut self, takes: &[Take], ahead_of: Option<(u8, CheckoutId)>) {
-        let passed: Vec<CheckoutId> = (self.queue.iter())
-            .filter(|w| ahead_of.is_none_or(|key| w.key() < key))
-            .filter(|w| takes.iter().any(|t| self.competes(w, t)))
-            .map(|w| w.id)
-            .collect();
-        for id in passed {
-            let w = self.waiter_mut(id);
-            w.bypassed = w.bypassed.saturating_add(1);
-        }
-    }
-
     /// Records a grant, after `checks::grant_bounds` has checked it against the bounds
     /// the live checkouts imply.
-    fn grant(
+    pub fn grant(
         &mut self,
         ctx: &Ctx,
         (id, client): (CheckoutId, ClientId),
@@ -484,8 +429,11 @@ impl Model {
     ) -> Grant {
         let mut items = Vec::new();
         for take in &takes {
-            let item =
-                GrantedItem { feature: take.feature.clone(), pool: take.pool.clone(), tokens: take.tokens };
+            let item = GrantedItem {
+                feature: take.feature.clone(),
+                pool: take.pool.clone(),
+                tokens: take.tokens,
+            };
             crate::checks::grant_bounds(self, ctx, &req, &item);
             self.feature_mut(&take.feature).expect("planned features exist").take(take);
             items.push(item);
@@ -562,7 +510,7 @@ impl Model {
 
     /// Takes a request out of the queue without a grant; if it was blocking, the
     /// requests it held back are served.
-    fn drop_waiter(&mut self, id: CheckoutId, end: End, fx: &mut Fx) {
+    pub fn drop_waiter(&mut self, id: CheckoutId, end: End, fx: &mut Fx) {
         let i = self.queue.iter().position(|w| w.id == id).expect("the request is queued");
         let w = self.queue.remove(i);
         if self.blocking(&w) {
@@ -598,64 +546,6 @@ impl Model {
         let ttl = self.limits.session_idle_ttl_ms;
         self.sessions.retain(|s| s.last_seen_ms.saturating_add(ttl) > now);
         (leases.len() + waits.len()) as u64
-    }
-
-    /// "Serving": walks the queue in order and grants every waiter of a freed feature
-    /// that fits, unless a blocking waiter ahead of it would be passed; drops a waiter
-    /// that can never fit. A blocking waiter that leaves lets through what it held back,
-    /// so the queue is then walked again.
-    fn serve(&mut self, ctx: &Ctx, fx: &mut Fx) {
-        while !self.queue.is_empty() && (fx.freed_all || !fx.freed.is_empty()) {
-            let mut order: Vec<(u8, CheckoutId)> = self.queue.iter().map(Waiter::key).collect();
-            order.sort();
-            let mut again = None;
-            for (_, id) in order {
-                let w = self.waiter(id).expect("only the visited waiter leaves").clone();
-                if !fx.freed_all && !w.request.items.iter().any(|i| fx.freed.contains(&i.feature)) {
-                    continue;
-                }
-                match self.plan(&w.request, true) {
-                    Ok(takes) => {
-                        let held_back = (self.queue.iter()).any(|b| {
-                            b.key() < w.key()
-                                && self.blocking(b)
-                                && takes.iter().any(|t| self.competes(b, t))
-                        });
-                        if held_back {
-                            self.waiter_mut(id).short_of_tokens = true;
-                            continue;
-                        }
-                        if self.live.len() as u64 >= self.limits.max_checkouts {
-                            break;
-                        }
-                        self.count_bypasses(&takes, Some(w.key()));
-                        let was_blocking = self.blocking(&w);
-                        self.queue.retain(|q| q.id != id);
-                        if was_blocking {
-                            again = Some(id);
-                            for item in &w.request.items {
-                                fx.freed.insert(item.feature.clone());
-                                let why = || format!("blocking waiter {id:?} was granted");
-                                self.woken.entry(item.feature.clone()).or_insert_with(why);
-                            }
-                        }
-                        self.grant(ctx, (id, w.client), w.request, takes, true, fx);
-                    }
-                    Err(refusal) if !refusal.transient => {
-                        if self.blocking(&w) {
-                            again = Some(id);
-                        }
-                        self.drop_waiter(id, End::QueueDenied(Box::new(refusal.denial)), fx);
-                    }
-                    Err(refusal) => {
-                        let short = !matches!(refusal.denial, Denial::OverLimit { .. });
-                        self.waiter_mut(id).short_of_tokens = short;
-                    }
-                }
-            }
-            let Some(blocker) = again else { return };
-            self.rewalks.push(format!("walked the queue again: blocking waiter {blocker:?} left"));
-        }
     }
 
     /// Everything one command does: the answer and the events. `install_ok` is the
@@ -730,7 +620,12 @@ impl Model {
         let i = match self.sessions.iter().position(|s| &s.client == client) {
             Some(i) => i,
             None => {
-                let fresh = Session { client: client.clone(), last_seen_ms: now, floor: 0, replies: vec![] };
+                let fresh = Session {
+                    client: client.clone(),
+                    last_seen_ms: now,
+                    floor: 0,
+                    replies: vec![],
+                };
                 self.sessions.push(fresh);
                 self.sessions.len() - 1
             }
@@ -784,7 +679,13 @@ impl Model {
         }
     }
 
-    fn checkout(&mut self, ctx: &Ctx, client: &ClientId, req: &CheckoutRequest, fx: &mut Fx) -> Response {
+    fn checkout(
+        &mut self,
+        ctx: &Ctx,
+        client: &ClientId,
+        req: &CheckoutRequest,
+        fx: &mut Fx,
+    ) -> Response {
         if let Err(denial) = self.check_fields(req) {
             return Response::Denied(denial);
         }
@@ -810,35 +711,6 @@ impl Model {
         Response::Granted(self.grant(ctx, (id, client.clone()), req.clone(), takes, false, fx))
     }
 
-    fn enqueue(&mut self, client: &ClientId, req: &CheckoutRequest, denial: &Denial, fx: &mut Fx) -> Response {
-        let l = &self.limits;
-        if self.queue.len() as u64 >= l.max_queue_len {
-            return Response::Denied(limit("max_queue_len", l.max_queue_len));
-        }
-        if self.load(client).1 >= l.max_queued_per_client {
-            return Response::Denied(limit("max_queued_per_client", l.max_queued_per_client));
-        }
-        let wait = req.wait.expect("only a request with a wait is queued");
-        let id = CheckoutId(self.next_id);
-        self.next_id += 1;
-        let waiter = Waiter {
-            id,
-            client: client.clone(),
-            request: req.clone(),
-            priority: wait.priority,
-            poll_ttl_ms: wait.poll_ttl_ms,
-            wait_expires_at_ms: self.now + wait.poll_ttl_ms,
-            queued_at_ms: self.now,
-            bypassed: 0,
-            short_of_tokens: !matches!(denial, Denial::OverLimit { .. }),
-        };
-        let position = self.position(&waiter);
-        let wait_expires_at_ms = waiter.wait_expires_at_ms;
-        self.queue.push(waiter);
-        fx.events.push(Event::Queued { id, client: client.clone(), position });
-        Response::Queued(Queued { id, position, wait_expires_at_ms })
-    }
-
     /// The answer for an id that is neither live nor queued.
     pub fn gone(&self, id: CheckoutId) -> Denial {
         if id.0 == 0 || id.0 >= self.next_id {
@@ -861,7 +733,13 @@ impl Model {
                 c.lease_expires_at_ms = c.lease_expires_at_ms.max(now + c.lease_ttl_ms);
             }
             let (fence, items, borrowed) = (c.fence, c.items.clone(), c.borrowed);
-            return Response::Renewed(Grant { id, fence, items, lease_expires_at_ms: c.lease_expires_at_ms, borrowed });
+            return Response::Renewed(Grant {
+                id,
+                fence,
+                items,
+                lease_expires_at_ms: c.lease_expires_at_ms,
+                borrowed,
+            });
         }
         if let Some(w) = self.queue.iter_mut().find(|w| w.id == id) {
             if &w.client != client {
@@ -870,7 +748,11 @@ impl Model {
             w.wait_expires_at_ms = w.wait_expires_at_ms.max(now + w.poll_ttl_ms);
             let w = self.waiter(id).expect("queued");
             let position = self.position(w);
-            return Response::Queued(Queued { id, position, wait_expires_at_ms: w.wait_expires_at_ms });
+            return Response::Queued(Queued {
+                id,
+                position,
+                wait_expires_at_ms: w.wait_expires_at_ms,
+            });
         }
         Response::Denied(self.gone(id))
     }

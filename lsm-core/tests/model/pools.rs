@@ -156,7 +156,8 @@ impl Feature {
     /// The sources a grant to `pool` draws on, in the doc's order, with what each has:
     /// the pool's idle reserve, the shared remainder, then each other lending pool.
     fn sources_for(&self, pool: &Pool) -> Vec<(Source, u64)> {
-        let mut sources = vec![(Source::Own, self.idle(pool)), (Source::Shared, self.shared_free())];
+        let mut sources =
+            vec![(Source::Own, self.idle(pool)), (Source::Shared, self.shared_free())];
         for lender in self.pools.iter().filter(|q| q.spec.name != pool.spec.name) {
             sources.push((Source::Lender(lender.spec.name.clone()), self.lendable(lender)));
         }
@@ -216,7 +217,11 @@ impl Feature {
 
     pub fn take(&mut self, take: &Take) {
         for (from, tokens) in &take.sources {
-            self.parcels.push(Parcel { pool: take.pool.clone(), from: from.clone(), tokens: *tokens });
+            self.parcels.push(Parcel {
+                pool: take.pool.clone(),
+                from: from.clone(),
+                tokens: *tokens,
+            });
         }
     }
 
