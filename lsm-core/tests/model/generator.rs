@@ -129,22 +129,25 @@ impl Run {
         self.rng.random_range(0..self.admin())
     }
 
+    /// A live checkout, drawn from the live ones in id order.
     fn random_live(&mut self) -> Option<(CheckoutId, ClientId)> {
-        let n = self.model.live.len();
-        if n == 0 {
-            return None;
-        }
-        let c = self.model.live.iter().nth(self.rng.random_range(0..n)).expect("in range");
-        Some((c.id, c.client.clone()))
+        let live = self.model.live.iter().map(|c| (c.id, c.client.clone()));
+        self.pick(live.collect())
     }
 
+    /// A queued request, drawn from the queued ones in id order.
     fn random_queued(&mut self) -> Option<(CheckoutId, ClientId)> {
-        let n = self.model.queue.len();
-        if n == 0 {
+        let queued = self.model.queue.iter().map(|w| (w.id, w.client.clone()));
+        self.pick(queued.collect())
+    }
+
+    fn pick(&mut self, mut ids: Vec<(CheckoutId, ClientId)>) -> Option<(CheckoutId, ClientId)> {
+        if ids.is_empty() {
             return None;
         }
-        let w = self.model.queue.iter().nth(self.rng.random_range(0..n)).expect("in range");
-        Some((w.id, w.client.clone()))
+        ids.sort();
+        let i = self.rng.random_range(0..ids.len());
+        Some(ids.swap_remove(i))
     }
 
     fn gen_heartbeat(&mut self) -> Option<Command> {
@@ -502,8 +505,8 @@ impl Run {
         (command, if valid { Kind::Normal } else { Kind::Odd })
     }
 }
-/// A feature of the per-seed base configuration that re-installs vary.
 
+/// A feature of the per-seed base configuration that re-installs vary.
 pub struct BaseFeature {
     pub ent: Entitlement,
     pub pools: Vec<PoolSpec>,
