@@ -191,19 +191,23 @@ fn waiter_infos(model: &Model) -> Vec<WaiterInfo> {
 }
 
 fn waiter_info(model: &Model, w: &Waiter) -> WaiterInfo {
+    let CheckoutRequest { items, user, host, job, .. } = w.request.clone();
+    let (id, client, bypassed) = (w.id, w.client.clone(), w.bypassed);
+    let (queued_at_ms, wait_expires_at_ms) = (w.since_ms, w.wait_expires_at_ms);
+    let (position, blocking, priority) = (model.position(w), model.blocking(w), w.wait().priority);
     WaiterInfo {
-        id: w.id,
-        position: model.position(w),
-        client: w.client.clone(),
-        user: w.request.user.clone(),
-        host: w.request.host.clone(),
-        job: w.request.job.clone(),
-        items: w.request.items.clone(),
-        priority: w.priority,
-        bypassed: w.bypassed,
-        blocking: model.blocking(w),
-        queued_at_ms: w.queued_at_ms,
-        wait_expires_at_ms: w.wait_expires_at_ms,
+        id,
+        position,
+        client,
+        user,
+        host,
+        job,
+        items,
+        priority,
+        bypassed,
+        blocking,
+        queued_at_ms,
+        wait_expires_at_ms,
     }
 }
 

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use lsm_core::{
     Checkout, CheckoutId, CheckoutRequest, ClientId, Command, CostRule, Demand, Denial, End,
     Entitlement, Event, FeatureName, Grant, GrantedItem, HostName, Install, InstallError, Item,
-    Limits, MAX_REASON_LEN, Meta, Op, Output, Policy, PoolName, PoolSpec, Queued, Request,
-    Response, Rule, Subject, UserName,
+    Limits, MAX_REASON_LEN, Meta, Op, Output, Policy, PoolName, Queued, Request, Response, Rule,
+    Subject, UserName,
 };
 
 use crate::Ctx;
-use crate::pools::{Feature, Pool, Take};
+use crate::pools::{Feature, Pool, Take, open_pool};
 pub use crate::queue::Waiter;
 
 /// A refusal and whether the doc calls it transient (kind 3 of the grant rule).
@@ -213,17 +213,26 @@ impl Model {
         leases.chain(self.queue.iter().map(|w| w.wait_expires_at_ms)).min()
     }
 
-    /// Whether a rule's subject covers `user`@`host`.
-    fn covers(&self, subject: &Subject, user: &UserName, host: &HostName) -> bool {
-        match subject {
-            Subject::User(u) => u == user,
-            Subject::EachUser => true,
-            Subject::Group(g) => self.policy.user_groups.get(g).is_some_and(|m| m.contains(user)),
-            Subject::Host(h) => h == host,
-            Subject::HostGroup(g) => {
-                self.policy.host_groups.get(g).is_some_and(|m| m.contains(host))
+    /// Every subject a rule may name that covers `user`@`host`: the user, each user,
+    /// the host, and the groups that list them.
+    fn subjects_of(&self, user: &UserName, host: &HostName) -> Vec<Subject> {
+        let mut all =
+            vec![Subject::User(user.clone()), Subject::EachUser, Subject::Host(host.clone())];
+        for (group, members) in &self.policy.user_groups {
+            if members.contains(user) {
+                all.push(Subject::Group(group.clone()));
             }
         }
+        for (group, members) in &self.policy.host_groups {
+            if members.contains(host) {
+                all.push(Subject::HostGroup(group.clone()));
+            }
+        }
+        all
+    }
+
+    fn covers(&self, subject: &Subject, user: &UserName, host: &HostName) -> bool {
+        self.subjects_of(user, host).contains(subject)
     }
 
     /// Tokens of `feature` held by the subject of a max rule that covers `user`@`host`:
@@ -244,6 +253,16 @@ impl Model {
         items.filter(|i| &i.feature == feature).map(|i| i.tokens).sum()
     }
 
+    /// The options-file rules on one feature.
+    fn rules_of(&self, feature: &FeatureName) -> Vec<&Rule> {
+        let on = |r: &&Rule| match r {
+            Rule::Max { feature: f, .. }
+            | Rule::Include { feature: f, .. }
+            | Rule::Exclude { feature: f, .. } => f == feature,
+        };
+        self.policy.rules.iter().filter(on).collect()
+    }
+
     /// The include and exclude rules: exclusion wins; with any include rule, only
     /// requesters it covers pass.
     pub fn access(
@@ -252,8 +271,7 @@ impl Model {
         user: &UserName,
         host: &HostName,
     ) -> Result<(), Denial> {
-        let rules: Vec<&Rule> =
-            self.policy.rules.iter().filter(|r| r.feature() == feature).collect();
+        let rules: Vec<&Rule> = self.rules_of(feature);
         for rule in &rules {
             if let Rule::Exclude { subject, .. } = rule
                 && self.covers(subject, user, host)
@@ -286,7 +304,7 @@ impl Model {
         host: &HostName,
         tokens: u64,
     ) -> Result<(), Refusal> {
-        for rule in self.policy.rules.iter().filter(|r| r.feature() == feature) {
+        for rule in self.rules_of(feature) {
             let Rule::Max { subject, tokens: max, .. } = rule else { continue };
             if !self.covers(subject, user, host) {
                 continue;
@@ -592,8 +610,9 @@ impl Model {
             }
         }
         for w in &mut self.queue {
-            if w.wait_expires_at_ms < now + w.poll_ttl_ms {
-                w.wait_expires_at_ms = now + w.poll_ttl_ms;
+            let floor = now + w.wait().poll_ttl_ms;
+            if w.wait_expires_at_ms < floor {
+                w.wait_expires_at_ms = floor;
                 extended += 1;
             }
         }
@@ -745,7 +764,7 @@ impl Model {
             if &w.client != client {
                 return Response::Denied(Denial::NotOwner { id });
             }
-            w.wait_expires_at_ms = w.wait_expires_at_ms.max(now + w.poll_ttl_ms);
+            w.wait_expires_at_ms = w.wait_expires_at_ms.max(now + w.wait().poll_ttl_ms);
             let w = self.waiter(id).expect("queued");
             let position = self.position(w);
             return Response::Queued(Queued {
@@ -798,7 +817,7 @@ impl Model {
         for ent in &install.entitlements {
             let name = &ent.feature;
             let specs = (install.policy.pools.get(name).cloned())
-                .unwrap_or_else(|| vec![PoolSpec::open("default".parse().expect("a pool name"))]);
+                .unwrap_or_else(|| vec![open_pool("default".parse().expect("a pool name"))]);
             let feature = match old.iter().position(|f| f.name() == name) {
                 Some(i) => {
                     let mut f = old.remove(i);

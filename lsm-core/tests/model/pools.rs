@@ -15,6 +15,13 @@
 
 use lsm_core::{Denial, Entitlement, FeatureName, PoolName, PoolSpec};
 
+/// A pool with no reserve, no cap, no lending and no modes: the `default` pool of a
+/// feature without pools, and what a pool that is gone but held is kept as (with a cap
+/// of 0).
+pub fn open_pool(name: PoolName) -> PoolSpec {
+    PoolSpec { name, reserve: 0, cap: None, lend: false, keep_idle: 0, modes: Vec::new() }
+}
+
 /// Where the tokens of a parcel came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
@@ -293,8 +300,7 @@ impl Feature {
         }
         held.sort();
         for (name, used) in held.into_iter().filter(|(_, used)| *used > 0) {
-            let mut spec = PoolSpec::open(name.clone());
-            spec.cap = Some(0);
+            let spec = PoolSpec { cap: Some(0), ..open_pool(name.clone()) };
             pools.push(Pool { spec, cap: 0, retired: true });
             parcels.push(Parcel { pool: name, from: Source::Unbacked, tokens: used });
         }

@@ -4,23 +4,24 @@
 //! tokens come free.
 
 use lsm_core::{
-    CheckoutId, CheckoutRequest, ClientId, Denial, End, Event, FeatureName, Queued, Response,
+    CheckoutId, CheckoutRequest, ClientId, Denial, End, Event, FeatureName, Queued, Response, Wait,
 };
 
 use crate::Ctx;
 use crate::model::{Fx, Model, limit};
 use crate::pools::Take;
 
-/// A queued request.
+/// A queued request: the request as sent (its `wait` says the priority and poll TTL),
+/// its id and owner, the span of its wait, and its standing under anti-starvation.
 #[derive(Clone, Debug)]
 pub struct Waiter {
     pub id: CheckoutId,
     pub client: ClientId,
     pub request: CheckoutRequest,
-    pub priority: u8,
-    pub poll_ttl_ms: u64,
+    /// When it joined, and when it leaves unless polled.
+    pub since_ms: u64,
     pub wait_expires_at_ms: u64,
-    pub queued_at_ms: u64,
+    /// Competing grants that passed it.
     pub bypassed: u32,
     /// Its last refusal was for want of tokens; a waiter held back only by a max rule
     /// waits for its own user, so nothing competes with it.
@@ -28,9 +29,13 @@ pub struct Waiter {
 }
 
 impl Waiter {
-    /// Queue order: higher priority first, then arrival.
-    pub fn key(&self) -> (u8, CheckoutId) {
-        (u8::MAX - self.priority, self.id)
+    pub fn wait(&self) -> Wait {
+        self.request.wait.expect("only a request with a wait is queued")
+    }
+
+    /// Queue order: higher priority first, then arrival (ids grow).
+    pub fn key(&self) -> (std::cmp::Reverse<u8>, CheckoutId) {
+        (std::cmp::Reverse(self.wait().priority), self.id)
     }
 
     pub fn wants(&self, feature: &FeatureName) -> bool {
@@ -69,7 +74,11 @@ impl Model {
 
     /// Counts a bypass against every waiter the grant competes with; for a grant from the
     /// queue, only against waiters ahead of it (`ahead_of`).
-    pub fn count_bypasses(&mut self, takes: &[Take], ahead_of: Option<(u8, CheckoutId)>) {
+    pub fn count_bypasses(
+        &mut self,
+        takes: &[Take],
+        ahead_of: Option<(std::cmp::Reverse<u8>, CheckoutId)>,
+    ) {
         let passed: Vec<CheckoutId> = (self.queue.iter())
             .filter(|w| ahead_of.is_none_or(|key| w.key() < key))
             .filter(|w| takes.iter().any(|t| self.competes(w, t)))
@@ -87,7 +96,8 @@ impl Model {
     /// so the queue is then walked again.
     pub fn serve(&mut self, ctx: &Ctx, fx: &mut Fx) {
         while !self.queue.is_empty() && (fx.freed_all || !fx.freed.is_empty()) {
-            let mut order: Vec<(u8, CheckoutId)> = self.queue.iter().map(Waiter::key).collect();
+            let mut order: Vec<(std::cmp::Reverse<u8>, CheckoutId)> =
+                self.queue.iter().map(Waiter::key).collect();
             order.sort();
             let mut again = None;
             for (_, id) in order {
@@ -160,10 +170,8 @@ impl Model {
             id,
             client: client.clone(),
             request: req.clone(),
-            priority: wait.priority,
-            poll_ttl_ms: wait.poll_ttl_ms,
+            since_ms: self.now,
             wait_expires_at_ms: self.now + wait.poll_ttl_ms,
-            queued_at_ms: self.now,
             bypassed: 0,
             short_of_tokens: !matches!(denial, Denial::OverLimit { .. }),
         };
