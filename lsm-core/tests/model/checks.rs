@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use lsm_core::{
-    CheckoutFilter, CheckoutId, CheckoutRequest, CheckoutStatus, Command, Denial, Event,
-    FeatureName, FeatureStatus, GrantedItem, InstallError, Meta, Output, PoolName, PoolStatus,
-    Request, Response, State, WaiterInfo,
+    CheckoutFilter, CheckoutId, CheckoutRequest, CheckoutStatus, Command, Denial, Entitlement,
+    Event, FeatureName, FeatureStatus, GrantedItem, InstallError, Meta, Output, PoolName,
+    PoolStatus, Request, Response, State, WaiterInfo,
 };
 use rand::Rng;
 
@@ -225,7 +225,6 @@ fn checkout_status(model: &Model, id: CheckoutId) -> CheckoutStatus {
 fn features_status(model: &Model) -> Vec<FeatureStatus> {
     (model.features.iter())
         .map(|f| {
-            let ent = &f.ent;
             let pools = (f.pools.iter())
                 .map(|pool| {
                     let name = &pool.spec.name;
@@ -241,17 +240,22 @@ fn features_status(model: &Model) -> Vec<FeatureStatus> {
                     }
                 })
                 .collect();
+            let Entitlement { feature, license, tokens_total, starts_at_ms, expires_at_ms, .. } =
+                f.ent.clone();
+            let queued = model.queue.iter().filter(|w| w.wants(&feature)).count() as u64;
+            let expired = model.now >= expires_at_ms;
+            let (in_use, free, retired) = (f.in_use(), f.free(), f.retired);
             FeatureStatus {
-                feature: ent.feature.clone(),
-                license: ent.license.clone(),
-                tokens_total: ent.tokens_total,
-                in_use: f.in_use(),
-                free: f.free(),
-                queued: model.queue.iter().filter(|w| w.wants(&ent.feature)).count() as u64,
-                starts_at_ms: ent.starts_at_ms,
-                expires_at_ms: ent.expires_at_ms,
-                expired: model.now >= ent.expires_at_ms,
-                retired: f.retired,
+                feature,
+                license,
+                tokens_total,
+                in_use,
+                free,
+                queued,
+                starts_at_ms,
+                expires_at_ms,
+                expired,
+                retired,
                 pools,
             }
         })

@@ -172,6 +172,7 @@ mod generator;
 mod model;
 mod pools;
 mod queue;
+mod rules;
 
 use generator::{BaseFeature, ClientState, Kind, RULED, base_config};
 use model::{Disposition, Model};

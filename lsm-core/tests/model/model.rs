@@ -4,7 +4,8 @@
 //! Live checkouts, the queue, tombstones and sessions are plain lists; every count (a
 //! pool's use, a user's holdings, a client's load, a queue position) is recomputed from
 //! them when it is needed. Token sources live in each feature's parcel list
-//! (`pools.rs`). The grant rule is followed step by step as the doc numbers it, and each
+//! (`pools.rs`); the queue and anti-starvation are in `queue.rs`, the options-file rules
+//! in `rules.rs`. The grant rule is followed step by step as the doc numbers it, and each
 //! refusal carries the step that made it, so whether a request may wait is read off the
 //! doc's rule ("a refusal of kind 3 is transient") rather than off the refusal's type.
 //! Nothing here calls a rule of lsm-core: it uses lsm-core's command, response and
@@ -15,9 +16,8 @@ use std::sync::Arc;
 
 use lsm_core::{
     Checkout, CheckoutId, CheckoutRequest, ClientId, Command, CostRule, Demand, Denial, End,
-    Entitlement, Event, FeatureName, Grant, GrantedItem, HostName, Install, InstallError, Item,
-    Limits, MAX_REASON_LEN, Meta, Op, Output, Policy, PoolName, Queued, Request, Response, Rule,
-    Subject, UserName,
+    Entitlement, Event, FeatureName, Grant, GrantedItem, Install, InstallError, Item, Limits,
+    MAX_REASON_LEN, Meta, Op, Output, Policy, PoolName, Queued, Request, Response,
 };
 
 use crate::Ctx;
@@ -211,117 +211,6 @@ impl Model {
     pub fn next_expiry(&self) -> Option<u64> {
         let leases = self.live.iter().map(|c| c.lease_expires_at_ms);
         leases.chain(self.queue.iter().map(|w| w.wait_expires_at_ms)).min()
-    }
-
-    /// Every subject a rule may name that covers `user`@`host`: the user, each user,
-    /// the host, and the groups that list them.
-    fn subjects_of(&self, user: &UserName, host: &HostName) -> Vec<Subject> {
-        let mut all =
-            vec![Subject::User(user.clone()), Subject::EachUser, Subject::Host(host.clone())];
-        for (group, members) in &self.policy.user_groups {
-            if members.contains(user) {
-                all.push(Subject::Group(group.clone()));
-            }
-        }
-        for (group, members) in &self.policy.host_groups {
-            if members.contains(host) {
-                all.push(Subject::HostGroup(group.clone()));
-            }
-        }
-        all
-    }
-
-    fn covers(&self, subject: &Subject, user: &UserName, host: &HostName) -> bool {
-        self.subjects_of(user, host).contains(subject)
-    }
-
-    /// Tokens of `feature` held by the subject of a max rule that covers `user`@`host`:
-    /// the user itself for a user rule or `each_user`, all members together for a group.
-    fn held_by(
-        &self,
-        feature: &FeatureName,
-        subject: &Subject,
-        user: &UserName,
-        host: &HostName,
-    ) -> u64 {
-        let counts = |c: &Checkout| match subject {
-            Subject::User(_) | Subject::EachUser => &c.user == user,
-            Subject::Host(_) => &c.host == host,
-            Subject::Group(_) | Subject::HostGroup(_) => self.covers(subject, &c.user, &c.host),
-        };
-        let items = self.live.iter().filter(|c| counts(c)).flat_map(|c| c.items.iter());
-        items.filter(|i| &i.feature == feature).map(|i| i.tokens).sum()
-    }
-
-    /// The options-file rules on one feature.
-    fn rules_of(&self, feature: &FeatureName) -> Vec<&Rule> {
-        let on = |r: &&Rule| match r {
-            Rule::Max { feature: f, .. }
-            | Rule::Include { feature: f, .. }
-            | Rule::Exclude { feature: f, .. } => f == feature,
-        };
-        self.policy.rules.iter().filter(on).collect()
-    }
-
-    /// The include and exclude rules: exclusion wins; with any include rule, only
-    /// requesters it covers pass.
-    pub fn access(
-        &self,
-        feature: &FeatureName,
-        user: &UserName,
-        host: &HostName,
-    ) -> Result<(), Denial> {
-        let rules: Vec<&Rule> = self.rules_of(feature);
-        for rule in &rules {
-            if let Rule::Exclude { subject, .. } = rule
-                && self.covers(subject, user, host)
-            {
-                return Err(Denial::Excluded {
-                    feature: feature.clone(),
-                    subject: subject.clone(),
-                });
-            }
-        }
-        let includes: Vec<&Subject> = (rules.iter())
-            .filter_map(|r| match r {
-                Rule::Include { subject, .. } => Some(subject),
-                _ => None,
-            })
-            .collect();
-        if !includes.is_empty() && !includes.iter().any(|s| self.covers(s, user, host)) {
-            let subject = Subject::User(user.clone());
-            return Err(Denial::Excluded { feature: feature.clone(), subject });
-        }
-        Ok(())
-    }
-
-    /// The max rules: each covering rule must have room. A request larger than the max
-    /// itself can never be granted, so that refusal is not transient.
-    pub fn max_rules(
-        &self,
-        feature: &FeatureName,
-        user: &UserName,
-        host: &HostName,
-        tokens: u64,
-    ) -> Result<(), Refusal> {
-        for rule in self.rules_of(feature) {
-            let Rule::Max { subject, tokens: max, .. } = rule else { continue };
-            if !self.covers(subject, user, host) {
-                continue;
-            }
-            let held = self.held_by(feature, subject, user, host);
-            if held + tokens > *max {
-                let denial = Denial::OverLimit {
-                    feature: feature.clone(),
-                    subject: subject.clone(),
-                    max: *max,
-                    held,
-                    requested: tokens,
-                };
-                return Err(Refusal { denial, transient: tokens <= *max });
-            }
-        }
-        Ok(())
     }
 
     /// Step 1 of the grant rule, up to the per-client limit: the request's own fields.
