@@ -81,8 +81,8 @@ pub fn grant_bounds(model: &Model, ctx: &Ctx, req: &CheckoutRequest, item: &Gran
 
 /// The queue promise of the doc: when tokens of a feature come free, or a waiter that
 /// blocked it leaves, the same command serves every waiter of that feature that fits,
-/// unless a blocking waiter ahead of it would be passed, and drops those that can never
-/// fit.
+/// unless a blocking waiter ahead of it would be passed or the global limit is reached,
+/// and drops those that can never fit.
 fn queue_progress(model: &Model, ctx: &Ctx) {
     if model.woken.is_empty() && !model.woken_all {
         return;
@@ -99,9 +99,11 @@ fn queue_progress(model: &Model, ctx: &Ctx) {
                         && model.blocking(b)
                         && takes.iter().any(|t| model.competes(b, t))
                 });
+                // Step 4: at the global limit nothing more is granted, from the queue either.
+                let full = model.live.len() as u64 >= model.limits.max_checkouts;
                 ensure!(
                     ctx,
-                    held_back,
+                    held_back || full,
                     "{w:?} fits and no blocking waiter ahead of it competes, but it is still \
                      queued although the queue had to be served for its features: {:?}",
                     model.woken

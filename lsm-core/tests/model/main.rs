@@ -61,6 +61,11 @@ const T0: u64 = 1_750_000_000_000;
 const SECOND: u64 = 1_000;
 const MINUTE: u64 = 60 * SECOND;
 const HOUR: u64 = 60 * MINUTE;
+/// Seeds, steps, first seed and global limit of the tight run.
+const TIGHT_SEEDS: u64 = 4;
+const TIGHT_STEPS: usize = 2_500;
+const TIGHT_FIRST_SEED: u64 = 101;
+const TIGHT_MAX_CHECKOUTS: u64 = 8;
 /// Live checkouts above which the generator only releases.
 const MAX_LIVE: usize = 150;
 /// Commands kept for the failure report.
@@ -73,6 +78,31 @@ fn random_command_sequences_match_the_model() {
         Some(seed) => vec![seed],
         None => (FIRST_SEED..FIRST_SEED + DEFAULT_SEEDS).collect(),
     };
+    let total = run_seeds(&seeds, steps, None);
+    if seeds.len() as u64 == DEFAULT_SEEDS && steps >= DEFAULT_STEPS {
+        total.assert_everything_happened();
+    }
+}
+
+/// The same runs under a global limit of a few dozen live checkouts, so step 4 of the
+/// grant rule (`LimitReached { limit: "max_checkouts" }`) and a queue that stops at the
+/// limit are reached; the plain run's limit is never hit.
+#[test]
+fn a_tight_global_checkout_limit_matches_the_model() {
+    let steps = env_number("LSM_MODEL_STEPS").map_or(TIGHT_STEPS, |n| n as usize);
+    let seeds: Vec<u64> = match env_number("LSM_MODEL_SEED") {
+        Some(seed) => vec![seed],
+        None => (TIGHT_FIRST_SEED..TIGHT_FIRST_SEED + TIGHT_SEEDS).collect(),
+    };
+    let total = run_seeds(&seeds, steps, Some(TIGHT_MAX_CHECKOUTS));
+    if seeds.len() as u64 == TIGHT_SEEDS && steps >= TIGHT_STEPS {
+        assert!(total.global_limit > 0, "the tight run never reached the global limit");
+        assert!(total.queue_grants > 0, "the tight run never granted from the queue");
+    }
+}
+
+/// Runs the seeds on all cores and sums their coverage; fails naming the failed seeds.
+fn run_seeds(seeds: &[u64], steps: usize, max_checkouts: Option<u64>) -> Coverage {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(seeds.len());
     let next = AtomicUsize::new(0);
     let total = Mutex::new(Coverage::default());
@@ -82,7 +112,8 @@ fn random_command_sequences_match_the_model() {
             scope.spawn(|| {
                 while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
                     // A failing seed has printed its message; the other seeds still run.
-                    let run = std::panic::catch_unwind(|| Run::new(seed, steps).run());
+                    let run =
+                        std::panic::catch_unwind(|| Run::new(seed, steps, max_checkouts).run());
                     match run {
                         Ok(coverage) => total.lock().expect("not poisoned").add(&coverage),
                         Err(_) => failed.lock().expect("not poisoned").push(seed),
@@ -96,9 +127,7 @@ fn random_command_sequences_match_the_model() {
     assert!(failed.is_empty(), "seeds {failed:?} failed; their messages are above");
     let total = total.into_inner().expect("not poisoned");
     eprintln!("model test: {} seeds x {steps} steps: {total:?}", seeds.len());
-    if seeds.len() as u64 == DEFAULT_SEEDS && steps >= DEFAULT_STEPS {
-        total.assert_everything_happened();
-    }
+    total
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
@@ -119,8 +148,9 @@ where
     s.parse().unwrap_or_else(|e| panic!("bad name {s:?}: {e:?}"))
 }
 
-/// Seed, step and recent commands, for failure messages.
+/// Test, seed, step and recent commands, for failure messages.
 struct Ctx {
+    test: &'static str,
     seed: u64,
     step: usize,
     recent: VecDeque<(Meta, Command)>,
@@ -134,7 +164,9 @@ impl Ctx {
         }
         panic!(
             "seed {seed} step {step}: {msg}\nlast commands, oldest first:\n{trace}\
-             replay with LSM_MODEL_SEED={seed} LSM_MODEL_STEPS={steps}",
+             replay with LSM_MODEL_SEED={seed} LSM_MODEL_STEPS={steps} \
+             cargo test -p lsm-core --test model {test}",
+            test = self.test,
             seed = self.seed,
             step = self.step,
             steps = self.step + 1,
@@ -199,6 +231,7 @@ struct Coverage {
     queue_blocked: u64,
     over_limit: u64,
     limit_reached: u64,
+    global_limit: u64,
     replays: u64,
     stale: u64,
     odd_refusals: u64,
@@ -230,6 +263,7 @@ impl Coverage {
             queue_blocked,
             over_limit,
             limit_reached,
+            global_limit,
             replays,
             stale,
             odd_refusals,
@@ -257,6 +291,7 @@ impl Coverage {
         self.queue_blocked += queue_blocked;
         self.over_limit += over_limit;
         self.limit_reached += limit_reached;
+        self.global_limit += global_limit;
         self.replays += replays;
         self.stale += stale;
         self.odd_refusals += odd_refusals;
@@ -329,9 +364,11 @@ struct Run {
 }
 
 impl Run {
-    fn new(seed: u64, steps: usize) -> Run {
+    /// A run of `seed`; `max_checkouts` replaces the global limit (after the other limits
+    /// are drawn, so the seed's commands do not change with it).
+    fn new(seed: u64, steps: usize, max_checkouts: Option<u64>) -> Run {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let limits = Limits {
+        let mut limits = Limits {
             max_checkouts_per_client: *[3, 10_000].choose(&mut rng).expect("not empty"),
             max_queued_per_client: *[1, 100].choose(&mut rng).expect("not empty"),
             max_queue_len: *[4, 10_000].choose(&mut rng).expect("not empty"),
@@ -340,6 +377,13 @@ impl Run {
             max_tombstones: *[16, 300, 2_000].choose(&mut rng).expect("not empty"),
             max_queue_bypass: *[1, 2, 4, 8].choose(&mut rng).expect("not empty"),
             ..Limits::default()
+        };
+        if let Some(max) = max_checkouts {
+            limits.max_checkouts = max;
+        }
+        let test = match max_checkouts {
+            None => "random_command_sequences_match_the_model",
+            Some(_) => "a_tight_global_checkout_limit_matches_the_model",
         };
         let clients = rng.random_range(8..=40);
         let clients: Vec<ClientState> = (0..clients)
@@ -389,7 +433,7 @@ impl Run {
         ];
         let base = base_config(&mut rng);
         Run {
-            ctx: Ctx { seed, step: 0, recent: VecDeque::new() },
+            ctx: Ctx { test, seed, step: 0, recent: VecDeque::new() },
             rng,
             steps,
             state: State::new(limits.clone()),
@@ -532,7 +576,10 @@ impl Run {
                 Denial::NoTokens { .. } => c.no_tokens += 1,
                 Denial::QueueBlocked { .. } => c.queue_blocked += 1,
                 Denial::OverLimit { .. } => c.over_limit += 1,
-                Denial::LimitReached { .. } => c.limit_reached += 1,
+                Denial::LimitReached { limit, .. } => {
+                    c.limit_reached += 1;
+                    c.global_limit += u64::from(limit == "max_checkouts");
+                }
                 Denial::Revoked { .. } => c.revoked_answers += 1,
                 _ => {}
             },
