@@ -10,6 +10,16 @@
 //! doc's rule ("a refusal of kind 3 is transient") rather than off the refusal's type.
 //! Nothing here calls a rule of lsm-core: it uses lsm-core's command, response and
 //! license types as data only.
+//!
+//! Where the doc leaves a choice open, the model takes lsm-core's documented or observed
+//! answer: within step 3 an item's max rules come first, then its pool, then
+//! anti-starvation (whether a grant competes depends on where its tokens would come
+//! from), so a request short of tokens is told `NoTokens`, not `QueueBlocked`; a request
+//! larger than a max rule itself can never be granted, so that `OverLimit` is not
+//! transient; `QueueBlocked` names the oldest blocking waiter; `NoTokens` over the total
+//! reports the smaller of the free tokens and what the sources have; only a waiter that
+//! blocked a feature serves its queue by leaving; and room under the global limit serves
+//! every feature.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
