@@ -154,6 +154,10 @@ pub enum Event {
         op: u64,
         /// The id, when the error named one.
         id: Option<u64>,
+        /// The error code, when a server answered with one that does not say whether the
+        /// checkout was created.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
         /// What failed.
         error: String,
     },
@@ -347,6 +351,13 @@ pub fn read_jsonl(path: &Path) -> std::io::Result<Vec<Entry>> {
         .collect()
 }
 
+/// Whether a refused checkout is a definite answer (nothing was created): a refusal the
+/// state machine committed (`committed`: the error carries its denial), other than a
+/// stale request or an internal error, which may hide a grant.
+pub fn definite_refusal(committed: bool, code: &str) -> bool {
+    committed && !matches!(code, "stale_request" | "internal")
+}
+
 /// `d` in microseconds (saturating).
 pub fn micros(d: Duration) -> Micros {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
@@ -374,7 +385,7 @@ impl fmt::Display for Event {
                 write!(f, "{client} op{op} granted #{id} (fence {fence}) {}", describe(items))
             }
             Event::Refused { client, op, code } => write!(f, "{client} op{op} refused: {code}"),
-            Event::Unknown { client, op, id, error } => {
+            Event::Unknown { client, op, id, code: _, error } => {
                 let id = id.map(|id| format!(" (#{id})")).unwrap_or_default();
                 write!(f, "{client} op{op} got no answer{id}: {error}")
             }

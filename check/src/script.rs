@@ -66,7 +66,10 @@ impl Script {
         self.at(ms, Event::Granted { client: client.into(), op, id, fence, items })
     }
     pub fn unknown(self, ms: u64, client: &str, op: u64, id: Option<u64>) -> Script {
-        self.at(ms, Event::Unknown { client: client.into(), op, id, error: "timeout".into() })
+        self.at(
+            ms,
+            Event::Unknown { client: client.into(), op, id, code: None, error: "timeout".into() },
+        )
     }
     pub fn lost(self, ms: u64, client: &str, id: u64, loss: Loss) -> Script {
         self.at(ms, Event::Lost { client: client.into(), id, loss })

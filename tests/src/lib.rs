@@ -12,11 +12,11 @@
 //! For fault injection ([`Options::proxied_links`]), every directed link between nodes
 //! goes through a [`proxy::Proxy`] the test controls ([`net::PeerLinks`]), by the `[dial]`
 //! table of each node's configuration; [`net::ClientGroup`]s put proxies between groups of
-//! clients and the nodes. [`workload`] runs many real clients and records a
-//! [`history::History`], [`nemesis`] injects faults, and [`check`] checks safety,
-//! durability, exactly-once and liveness against what was recorded.
+//! clients and the nodes. [`workload`] runs many real clients and records an
+//! [`lsm_check::History`] ([`history`] turns the client library's answers into its
+//! entries), [`nemesis`] injects faults, and `lsm_check` checks safety, durability,
+//! exactly-once, fences and liveness against what was recorded.
 
-pub mod check;
 pub mod history;
 pub mod nemesis;
 pub mod net;

@@ -24,9 +24,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
+use lsm_check::history::{Event, History, Outcome};
+use lsm_check::{Checks, Report};
+
 use crate::ProcCluster;
-use crate::check::{Capacity, Report};
-use crate::history::{Event, History};
 use crate::net::ClientGroup;
 use crate::proxy::Mode;
 use crate::workload::{Actor, between, client_config};
@@ -95,9 +96,9 @@ pub struct FaultPlan {
     pub quiet_time: Duration,
     /// Within this time after a heal, the cluster must have a leader and serve a probe.
     pub liveness_bound: Duration,
-    /// Check the history so far against this capacity after every probe, and stop
-    /// injecting faults at the first violation (the caller's final check reports it).
-    pub online_check: Option<Capacity>,
+    /// Check the history so far with these checks after every probe, and stop injecting
+    /// faults at the first violation (the caller's final check reports it).
+    pub online_check: Option<Checks>,
 }
 
 /// How to undo an applied fault.
@@ -199,8 +200,8 @@ pub async fn run(
         history.record(Event::Heal { what });
         probes += 1;
         probe(cluster, history, &format!("probe-{probes}"), plan.liveness_bound).await;
-        if let Some(capacity) = &plan.online_check {
-            let report = Report::check(&history.entries(), capacity, plan.liveness_bound);
+        if let Some(checks) = &plan.online_check {
+            let report = Report::check(&history.entries(), checks);
             if !report.ok() {
                 eprintln!("stopping the faults after a violation:\n{report}");
                 break;
@@ -243,7 +244,7 @@ pub async fn probe(
             .await
             .map_err(|e| format!("checkout: {e}"))?;
         match actor.release(lease).await {
-            crate::history::Outcome::Released => Ok(()),
+            Outcome::Released => Ok(()),
             other => Err(format!("release: {other:?}")),
         }
     };

@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lsm_client::api::{CheckoutBody, ErrorCode, ItemBody, ReleaseReply, WaitBody};
+use lsm_check::history::{Event, History, LiveCheckout, Outcome};
+use lsm_client::api::{CheckoutBody, ItemBody, WaitBody};
 use lsm_client::{CheckoutOptions, Client, ClientConfig, ClientError, Lease, LeaseLoss};
 use lsm_core::ParallelMode;
 use rand::seq::SliceRandom;
@@ -30,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::history::{Event, History, LiveCheckout, Loss, Outcome, Tokens};
+use crate::history;
 use crate::net::ClientGroup;
 use crate::{Http, api};
 
@@ -366,17 +367,18 @@ impl Actor {
         &self.client
     }
 
-    /// Checks out `items` (described as `job`), recording the request and its answer;
+    /// Checks out `items` (described as `what`), recording the request and its answer;
     /// the lease when granted.
     pub async fn checkout(
         &mut self,
         items: Vec<ItemBody>,
-        job: String,
+        what: String,
         lease_ttl: Duration,
         wait: Option<Duration>,
     ) -> Result<Lease, ClientError> {
         self.ops += 1;
         let op = self.ops;
+        let job = format!("{}-op{op}", self.name);
         let body = CheckoutBody {
             client: None,
             seq: None,
@@ -384,39 +386,17 @@ impl Actor {
             items,
             user: format!("user-{}", op % 5).parse().expect("a user name"),
             host: format!("host-{}", self.name).parse().expect("a host name"),
-            job: Some(format!("{}-{op}", self.name).parse().expect("a job id")),
+            job: Some(job.parse().expect("a job id")),
             lease_ttl_ms: Some(lease_ttl.as_millis() as u64),
             borrow_until_ms: None,
             wait: wait.map(|_| WaitBody { priority: 0, poll_ttl_ms: Some(5_000) }),
         };
-        let client = self.name.clone();
-        self.history.record(Event::Invoke { client: client.clone(), op, job });
+        let (client, wait_too) = (self.name.clone(), wait.is_some());
+        let invoke = Event::Invoke { client, op, job, what, want: Vec::new(), wait: wait_too };
+        self.history.record(invoke);
         let options = CheckoutOptions { on_queued: None, wait_timeout: wait };
         let result = self.client.checkout_with(body, options).await;
-        let event = match &result {
-            Ok(lease) => {
-                let grant = lease.grant();
-                let items = (grant.items.iter())
-                    .map(|i| Tokens {
-                        feature: i.feature.to_string(),
-                        pool: i.pool.to_string(),
-                        tokens: i.tokens,
-                    })
-                    .collect();
-                Event::Granted { client, op, id: grant.id.0, fence: grant.fence, items }
-            }
-            Err(error) => match definite_refusal(error) {
-                Some(code) => Event::Refused { client, op, code },
-                None => {
-                    let id = match error {
-                        ClientError::WaitTimedOut { id, .. } => Some(id.0),
-                        _ => None,
-                    };
-                    Event::Unknown { client, op, id, error: error.to_string() }
-                }
-            },
-        };
-        self.history.record(event);
+        self.history.record(history::checkout_answer(&self.name, op, &result));
         result
     }
 
@@ -460,13 +440,8 @@ impl Actor {
             }
         };
         if let Some(loss) = &loss {
-            let loss = match loss {
-                LeaseLoss::Unreachable => Loss::Unreachable,
-                LeaseLoss::Expired => Loss::Expired,
-                LeaseLoss::Revoked { .. } => Loss::Revoked,
-                LeaseLoss::Ended(denial) => Loss::Ended(denial.to_string()),
-            };
-            self.history.record(Event::Lost { client: self.name.clone(), id: lease.id().0, loss });
+            let (client, id, loss) = (self.name.clone(), lease.id().0, history::loss(loss));
+            self.history.record(Event::Lost { client, id, loss });
         }
         loss
     }
@@ -475,24 +450,12 @@ impl Actor {
     pub async fn release(&self, lease: Lease) -> Outcome {
         let id = lease.id().0;
         let client = self.name.clone();
-        self.history.record(Event::Release { client: client.clone(), id });
-        let outcome = match lease.release().await {
-            Ok(ReleaseReply::Released { .. } | ReleaseReply::Cancelled { .. }) => Outcome::Released,
-            Err(ClientError::Api { detail, .. }) => Outcome::Refused(detail.code.to_string()),
-            Err(e) => Outcome::Unknown(e.to_string()),
-        };
+        let believed = lease.loss().is_none();
+        self.history.record(Event::Release { client: client.clone(), id, believed });
+        let outcome = history::outcome(&lease.release().await);
         self.history.record(Event::Released { client, id, outcome: outcome.clone() });
         outcome
     }
-}
-
-/// The code of a refusal that means nothing was created: one the state machine committed,
-/// or a check before proposing. A stale request or an internal error may hide a grant.
-fn definite_refusal(error: &ClientError) -> Option<String> {
-    let ClientError::Api { detail, .. } = error else { return None };
-    let definite = detail.denial.is_some()
-        && !matches!(detail.code, ErrorCode::StaleRequest | ErrorCode::Internal);
-    definite.then(|| detail.code.to_string())
 }
 
 /// One client's loop (see the module docs).
@@ -600,20 +563,7 @@ pub async fn snapshot(http: &Http, node: u64, addr: &str, history: &History) -> 
     let Ok(listed) = serde_json::from_value::<Vec<lsm_core::Checkout>>(body) else {
         return false;
     };
-    let checkouts = listed
-        .into_iter()
-        .map(|c| LiveCheckout {
-            id: c.id.0,
-            client: c.client.to_string(),
-            items: (c.items.iter())
-                .map(|i| Tokens {
-                    feature: i.feature.to_string(),
-                    pool: i.pool.to_string(),
-                    tokens: i.tokens,
-                })
-                .collect(),
-        })
-        .collect();
-    history.record(Event::Snapshot { node, invoked, checkouts });
+    let checkouts = listed.iter().map(LiveCheckout::of).collect();
+    history.record(Event::Snapshot { node, invoked, linearizable: true, checkouts });
     true
 }

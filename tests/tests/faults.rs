@@ -2,7 +2,8 @@
 //! real client library, and faults from outside (kill -9 and restart, SIGSTOP and
 //! SIGCONT, proxies that reset or hang the links between nodes and between clients and
 //! nodes). Every test records a history and checks it for safety, durability,
-//! exactly-once and liveness (`lsm_tests::check`), on top of its own assertions.
+//! exactly-once, fences and liveness (`lsm_check`, as `docs/testing.md` "Properties"
+//! defines them), on top of its own assertions.
 //!
 //! Five named scenarios (and a paused leader beside the stranded one), then a randomized
 //! run: `LSM_FAULT_SECONDS` sets its length (60 s by default, the CI mode;
@@ -14,11 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lsm_check::history::{Event, History, Outcome};
+use lsm_check::{Capacity, Checks, Liveness, Report};
 use lsm_client::api::{self, ErrorCode, ItemBody};
 use lsm_client::{ClientError, Lease};
 use lsm_core::{Checkout, FeatureStatus, ParallelMode};
-use lsm_tests::check::{Capacity, Report};
-use lsm_tests::history::{Event, History, Outcome};
 use lsm_tests::nemesis::{self, Fault, FaultPlan};
 use lsm_tests::net::{ClientGroup, Pinned};
 use lsm_tests::proxy::Mode;
@@ -45,11 +46,16 @@ async fn solver_cluster(proxied_links: bool) -> ProcCluster {
     .await
 }
 
-/// The capacity the cluster reports.
-async fn capacity(cluster: &ProcCluster) -> Capacity {
+/// The checks of a history: the capacity the cluster reports, releases held to finding
+/// their checkout live however long they take, and liveness within [`LIVENESS`].
+async fn checks(cluster: &ProcCluster) -> Checks {
     let leader = cluster.wait_for_leader().await;
     let features: Vec<FeatureStatus> = cluster.read(leader, api::path::FEATURES).await;
-    Capacity::of(&features)
+    Checks {
+        capacity: Capacity::of(&features),
+        release_window: None,
+        liveness: Some(Liveness { bound: LIVENESS, progress_after_heal: true }),
+    }
 }
 
 /// Waits until `check` holds, polling every 100 ms, failing after `within`.
@@ -89,7 +95,7 @@ fn assert_accounting(features: &[FeatureStatus], checkouts: &[Checkout]) {
 async fn finish(
     cluster: &ProcCluster,
     history: &Arc<History>,
-    capacity: &Capacity,
+    checks: &Checks,
     name: &str,
 ) -> Report {
     let (features, checkouts) = cluster.converged().await;
@@ -97,7 +103,7 @@ async fn finish(
     for id in cluster.live() {
         snapshot(cluster.http(), id, cluster.addr(id), history).await;
     }
-    let report = Report::check(&history.entries(), capacity, LIVENESS);
+    let report = Report::check(&history.entries(), checks);
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("lsm-faults");
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join(format!("{name}.jsonl"));
@@ -144,7 +150,7 @@ fn granted_ids(history: &History) -> BTreeSet<u64> {
 /// the new leader (and every node) holds exactly the same checkouts with later expiries.
 async fn leases_survive_a_leader_kill(name: &str, jobs: Vec<Job>) -> (ProcCluster, Arc<History>) {
     let mut cluster = solver_cluster(false).await;
-    let capacity = capacity(&cluster).await;
+    let checks = checks(&cluster).await;
     let history = Arc::new(History::new());
     let group = ClientGroup::start("jobs", &cluster.nodes()).await;
     let n = jobs.len();
@@ -195,7 +201,7 @@ async fn leases_survive_a_leader_kill(name: &str, jobs: Vec<Job>) -> (ProcCluste
     assert_accounting(&features, &checkouts);
     observer.stop().await;
     drain(&cluster, workload).await;
-    finish(&cluster, &history, &capacity, name).await;
+    finish(&cluster, &history, &checks, name).await;
     assert_eq!(count(&history, |e| matches!(e, Event::Lost { .. })), 0);
     let released = count(&history, |e| match e {
         Event::Released { outcome: Outcome::Released, client, .. } => !client.starts_with("probe"),
@@ -252,7 +258,7 @@ async fn smp_and_mpp_checkouts_keep_their_pool_counts_on_every_node_when_the_lea
     use ParallelMode::{Mpp, Smp};
     let _slot = cluster_slot().await;
     let mut cluster = solver_cluster(false).await;
-    let capacity = capacity(&cluster).await;
+    let checks = checks(&cluster).await;
     let history = Arc::new(History::new());
     let group = ClientGroup::start("hpc", &cluster.nodes()).await;
     // Two 8-core SMP runs and two 16-core MPP runs: all 48 LS-DYNA tokens, 16 in the SMP
@@ -306,7 +312,7 @@ async fn smp_and_mpp_checkouts_keep_their_pool_counts_on_every_node_when_the_lea
     assert_eq!(checkouts.len(), 4);
     assert_eq!(count(&history, |e| matches!(e, Event::Lost { .. })), 0, "a lease was lost");
     drain(&cluster, workload).await;
-    finish(&cluster, &history, &capacity, "smp-mpp-pools").await;
+    finish(&cluster, &history, &checks, "smp-mpp-pools").await;
 }
 
 /// One more LS-DYNA core in `mode` through node `node` is refused: the pools are full.
@@ -383,7 +389,7 @@ async fn a_paused_leader_never_serves_stale_state_and_its_clients_are_served_mea
 /// from its stale state, and a client listing it first is served.
 async fn old_leader_comes_back(away: Away) {
     let cluster = solver_cluster(away == Away::Stranded).await;
-    let capacity = capacity(&cluster).await;
+    let checks = checks(&cluster).await;
     let history = Arc::new(History::new());
     let old = cluster.wait_for_leader().await;
     let others: Vec<u64> = cluster.live().into_iter().filter(|&id| id != old).collect();
@@ -506,19 +512,19 @@ async fn old_leader_comes_back(away: Away) {
         Away::Stranded => "stranded-leader",
         Away::Paused => "paused-leader",
     };
-    finish(&cluster, &history, &capacity, name).await;
+    finish(&cluster, &history, &checks, name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_tokens_are_lost_to_redundancy_every_token_through_any_one_node() {
     let _slot = cluster_slot().await;
     let mut cluster = solver_cluster(false).await;
-    let capacity = capacity(&cluster).await;
+    let checks = checks(&cluster).await;
     let history = Arc::new(History::new());
-    let totals = capacity.totals.clone();
+    let totals = checks.capacity.totals.clone();
     // Everything: LS-DYNA's SMP pool to its cap, the rest of LS-DYNA in the MPP pool, and
     // every other feature whole, in two checkouts (a request names a feature once).
-    let smp_cap = capacity.caps[&("lsdyna".to_string(), "smp".to_string())];
+    let smp_cap = checks.capacity.caps[&("lsdyna".to_string(), "smp".to_string())];
     let pooled = |pool: &str, tokens: u64| ItemBody {
         pool: Some(pool.parse().unwrap()),
         ..ItemBody::tokens("lsdyna".parse().unwrap(), tokens)
@@ -584,14 +590,14 @@ async fn no_tokens_are_lost_to_redundancy_every_token_through_any_one_node() {
     cluster.restart(leader).await;
     history.record(Event::Heal { what: format!("restart node {leader}") });
     assert!(nemesis::probe(&cluster, &history, "probe-1", LIVENESS).await);
-    finish(&cluster, &history, &capacity, "every-token-through-any-node").await;
+    finish(&cluster, &history, &checks, "every-token-through-any-node").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blip_between_a_client_and_the_leader_resumes_its_checkout_and_takes_no_second() {
     let _slot = cluster_slot().await;
     let cluster = solver_cluster(false).await;
-    let capacity = capacity(&cluster).await;
+    let checks = checks(&cluster).await;
     let history = Arc::new(History::new());
     let leader = cluster.wait_for_leader().await;
     let group = ClientGroup::start("blip", &cluster.nodes()).await;
@@ -671,7 +677,7 @@ async fn a_blip_between_a_client_and_the_leader_resumes_its_checkout_and_takes_n
     assert_eq!(actor.release(lease).await, Outcome::Released);
 
     assert!(nemesis::probe(&cluster, &history, "probe-1", LIVENESS).await);
-    finish(&cluster, &history, &capacity, "client-leader-blip").await;
+    finish(&cluster, &history, &checks, "client-leader-blip").await;
 }
 
 /// Polls `check` every 100 ms until it holds, failing after [`SETTLE`].
@@ -704,7 +710,7 @@ async fn randomized_faults_under_a_workload_keep_every_property() {
         "randomized faults: LSM_FAULT_SEED={seed} LSM_FAULT_SECONDS={seconds} LSM_FAULT_CLIENTS={clients}"
     );
     let mut cluster = solver_cluster(true).await;
-    let capacity = capacity(&cluster).await;
+    let checks = checks(&cluster).await;
     let history = Arc::new(History::new());
     let nodes = cluster.nodes();
     let groups = [
@@ -731,7 +737,7 @@ async fn randomized_faults_under_a_workload_keep_every_property() {
         quiet_every: 8,
         quiet_time: TTL + Duration::from_secs(3),
         liveness_bound: LIVENESS,
-        online_check: Some(capacity.clone()),
+        online_check: Some(checks.clone()),
     };
     let injected = nemesis::run(&mut cluster, &group_refs, &history, &plan).await;
     // Let the workload run a little on the healed cluster, then stop and check.
@@ -744,6 +750,6 @@ async fn randomized_faults_under_a_workload_keep_every_property() {
     println!("{} faults: {kinds:?}", injected.len());
     assert!(!injected.is_empty(), "no fault was injected");
     drain(&cluster, workload).await;
-    let report = finish(&cluster, &history, &capacity, "randomized").await;
+    let report = finish(&cluster, &history, &checks, "randomized").await;
     assert!(report.count("granted") > 0, "{report}");
 }

@@ -4,13 +4,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use lsm_check::Violation;
 use serde::Serialize;
 
-use crate::load::audit::Duplicate;
 use crate::load::cpu::CpuUse;
 use crate::load::settings::Mode;
 use crate::load::stats::Percentiles;
-use crate::load::workload::LostGrant;
 
 /// Target: checkout + release pairs per second at 64 clients.
 pub const TARGET_PAIRS_PER_S: f64 = 5_000.0;
@@ -74,11 +73,15 @@ pub struct Summary {
     pub longest_gap_ms: f64,
     /// Leader kills (failover mode).
     pub failover: Option<Failover>,
-    /// Grants the cluster lost while the client held them (releases that found them gone,
-    /// and audits).
-    pub lost_grants: Vec<LostGrant>,
-    /// Live checkouts their client did not believe it held (audits and the final check).
-    pub duplicated_grants: Vec<Duplicate>,
+    /// Grants the cluster lost while the client held them (durability violations found
+    /// by the audits and the final check: releases that found them gone, reads that
+    /// missed them).
+    pub lost_grants: Vec<Violation>,
+    /// Live checkouts their client was never told of, or live after their release was
+    /// acknowledged (exactly-once violations, audits and the final check).
+    pub duplicated_grants: Vec<Violation>,
+    /// Every other violation the audits found (safety, fences).
+    pub other_violations: Vec<Violation>,
     /// The check after the run.
     pub final_check: FinalCheck,
     /// The machine.
@@ -195,10 +198,11 @@ pub fn load_average() -> [f64; 3] {
 }
 
 impl Summary {
-    /// True when nothing was lost, duplicated or left over.
+    /// True when nothing was lost, duplicated or left over, and no other property broke.
     pub fn verified(&self) -> bool {
         self.lost_grants.is_empty()
             && self.duplicated_grants.is_empty()
+            && self.other_violations.is_empty()
             && self.final_check.nothing_left
     }
 
@@ -301,11 +305,17 @@ impl Summary {
         }
         line(&mut t, "lost grants", self.lost_grants.len().to_string());
         for lost in self.lost_grants.iter().take(5) {
-            line(&mut t, "", format!("{} #{}: {}", lost.client, lost.id, lost.answer));
+            line(&mut t, "", lost.to_string());
         }
         line(&mut t, "duplicated grants", self.duplicated_grants.len().to_string());
         for dup in self.duplicated_grants.iter().take(5) {
-            line(&mut t, "", format!("{} #{}: {}", dup.client, dup.id, dup.why));
+            line(&mut t, "", dup.to_string());
+        }
+        if !self.other_violations.is_empty() {
+            line(&mut t, "other violations", self.other_violations.len().to_string());
+        }
+        for other in self.other_violations.iter().take(5) {
+            line(&mut t, "", other.to_string());
         }
         let f = &self.final_check;
         line(

@@ -17,7 +17,7 @@ use crate::load::cpu::CpuSample;
 use crate::load::report::{Failover, FinalCheck, Kill, Machine, Summary};
 use crate::load::settings::{Mode, Settings, Target};
 use crate::load::stats::{self, Percentiles};
-use crate::load::workload::{Counting, Exchanges, ViewCell, Worker, WorkerResult};
+use crate::load::workload::{Counting, Exchanges, Worker, WorkerResult};
 
 /// How far behind the leader (in log entries) a restarted node may be and count as
 /// caught up.
@@ -181,7 +181,8 @@ fn clients(
     exchanges: &Arc<Exchanges>,
 ) -> Result<(Vec<Worker>, Clients), String> {
     let pool: Arc<dyn Transport> = Arc::new(HyperTransport::tcp(Duration::from_secs(5)));
-    let (mut ids, mut views, mut workers) = (Vec::new(), Vec::new(), Vec::new());
+    let history = Arc::new(lsm_check::History::new());
+    let (mut ids, mut workers) = (Vec::new(), Vec::new());
     for index in 0..settings.clients {
         let id = format!("lsm-bench-{}-{index}", std::process::id());
         let mut config = ClientConfig::new(servers.iter().cloned());
@@ -191,19 +192,17 @@ fn clients(
         }
         let transport = Arc::new(Counting::new(pool.clone(), exchanges.clone()));
         let client = Client::with_transport(config, transport).map_err(|e| e.to_string())?;
-        let view = Arc::new(ViewCell::default());
         ids.push(id);
-        views.push(view.clone());
         workers.push(Worker {
             index,
             client,
             feature: settings.feature_of(index),
-            view,
+            history: history.clone(),
             lease_ttl_ms: settings.lease_ttl_ms,
             seed: settings.seed,
         });
     }
-    Ok((workers, Clients::new(ids, views)))
+    Ok((workers, Clients::new(ids, history)))
 }
 
 /// The check after the run, with every client stopped: an exact audit and the features'
@@ -217,13 +216,13 @@ async fn final_check(
 ) {
     let found = audit::audit(admin, clients).await;
     let in_use = audit::tokens_in_use(admin, features).await;
-    let views = clients.views();
-    let unsure: u64 = views.iter().map(|v| v.get().unsure.len() as u64).sum();
-    let abandoned: u64 = views.iter().map(|v| v.get().abandoned).sum();
+    let unsure = clients.unsure_releases();
+    let abandoned = clients.abandoned_checkouts();
     summary.final_check = match (found, in_use) {
         (Ok(found), Ok(in_use)) => {
             summary.lost_grants.extend(found.lost);
             summary.duplicated_grants.extend(found.duplicated);
+            summary.other_violations.extend(found.other);
             FinalCheck {
                 live_checkouts: found.live,
                 tokens_in_use: in_use,
@@ -342,7 +341,7 @@ fn summarize(
     let mut denials: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut error_samples = Vec::new();
-    let mut lost_grants = Vec::new();
+    let mut lost_grants: Vec<lsm_check::Violation> = Vec::new();
     let (mut pairs, mut grants, mut operations) = (0, 0, 0);
     for r in results {
         checkout.add(&r.checkout_latency).expect("same bounds");
@@ -358,7 +357,6 @@ fn summarize(
                 error_samples.push(sample.clone());
             }
         }
-        lost_grants.extend(r.lost.iter().cloned());
         pairs += r.pairs;
         grants += r.grants;
         operations += r.operations;
@@ -369,13 +367,14 @@ fn summarize(
     let ms = |us: u64| us as f64 / 1_000.0;
     let longest_gap_ms = ms(stats::longest_gap(&completions, 0, u64::MAX, end_us).len_us());
 
-    let mut duplicated_grants = Vec::new();
+    let (mut duplicated_grants, mut other_violations) = (Vec::new(), Vec::new());
     let failover = (settings.mode == Mode::Failover).then(|| {
         let times: Vec<u64> = kills.iter().map(|k| k.at_us).collect();
         let mut out = Vec::new();
         for (i, KillAt { mut kill, at_us: at, found }) in kills.into_iter().enumerate() {
             lost_grants.extend(found.lost);
             duplicated_grants.extend(found.duplicated);
+            other_violations.extend(found.other);
             let to = times.get(i + 1).copied().unwrap_or(u64::MAX);
             let gap = stats::longest_gap(&completions, at, to, end_us);
             kill.gap_ms = ms(gap.len_us());
@@ -419,6 +418,7 @@ fn summarize(
         failover,
         lost_grants,
         duplicated_grants,
+        other_violations,
         final_check: FinalCheck::default(),
         machine: Machine::default(),
     }

@@ -7,21 +7,23 @@
 //! retries inside one call and does not say how often, so retries are exchanges minus
 //! operations.
 //!
-//! A client publishes what it believes it holds in a [`ViewCell`], so the audit can
-//! compare it with what the cluster says (see `audit.rs`).
+//! Every client records what it asks and what it is told into one shared
+//! [`History`](lsm_check::History), so the audit can compare what the clients believe
+//! they hold with what the cluster says (see `audit.rs`). A checkout counts as definitely
+//! refused only when the state machine refused it; any other failure may hide a grant.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use lsm_client::api::{CheckoutBody, ErrorCode, ItemBody, LeaseReply};
+use lsm_check::history::{Event, History, Outcome, Tokens, definite_refusal};
+use lsm_client::api::{CheckoutBody, ItemBody, LeaseReply};
 use lsm_client::transport::{BoxFuture, Transport, TransportError};
 use lsm_client::{Client, ClientError};
 use lsm_core::FeatureName;
-use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::load::settings::MAX_TOKENS_PER_CHECKOUT;
@@ -77,55 +79,6 @@ impl Transport for Counting {
     }
 }
 
-/// What a client believes it holds, for the audit.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct View {
-    /// The checkout it holds: granted, and its release not yet answered.
-    pub held: Option<u64>,
-    /// The release of `held` has been sent.
-    pub releasing: bool,
-    /// The highest checkout id whose release the cluster acknowledged.
-    pub last_released: u64,
-    /// A checkout request is waiting for its answer.
-    pub checkout_in_flight: bool,
-    /// Checkouts whose release got no answer, or was refused for a reason other than
-    /// the checkout being gone: they may still be live.
-    pub unsure: Vec<u64>,
-    /// Checkout requests that failed without an answer: the cluster may have granted them.
-    pub abandoned: u64,
-}
-
-/// A client's [`View`], shared with the audit.
-#[derive(Debug, Default)]
-pub struct ViewCell(Mutex<View>);
-
-impl ViewCell {
-    /// A copy of the view now.
-    pub fn get(&self) -> View {
-        self.lock().clone()
-    }
-
-    fn update(&self, change: impl FnOnce(&mut View)) {
-        change(&mut self.lock());
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, View> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// A grant the cluster acknowledged and later did not have while the client still held
-/// it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct LostGrant {
-    /// The client.
-    pub client: String,
-    /// The checkout.
-    pub id: u64,
-    /// What the cluster said.
-    pub answer: String,
-}
-
 /// One client of the run.
 pub struct Worker {
     /// Its index, 0-based.
@@ -134,8 +87,8 @@ pub struct Worker {
     pub client: Client,
     /// The feature it checks out.
     pub feature: FeatureName,
-    /// What it holds, for the audit.
-    pub view: Arc<ViewCell>,
+    /// Where it records what it asks and is told, for the audit.
+    pub history: Arc<History>,
     /// Lease of each checkout.
     pub lease_ttl_ms: u64,
     /// Seed of its token counts.
@@ -160,8 +113,6 @@ pub struct WorkerResult {
     pub errors: BTreeMap<String, u64>,
     /// The first few error messages.
     pub error_samples: Vec<String>,
-    /// Releases that found the checkout gone.
-    pub lost: Vec<LostGrant>,
     /// When each operation the cluster answered completed, µs since the start, sorted.
     pub completions: Vec<u64>,
 }
@@ -182,7 +133,6 @@ impl Worker {
             denials: BTreeMap::new(),
             errors: BTreeMap::new(),
             error_samples: Vec::new(),
-            lost: Vec::new(),
             completions: Vec::new(),
         };
         let since_origin = |at: Instant| at.saturating_duration_since(origin).as_micros() as u64;
@@ -191,29 +141,26 @@ impl Worker {
             n += 1;
             let draw = crate::mix(self.seed ^ ((self.index as u64) << 32) ^ n);
             let tokens = 1 + draw % MAX_TOKENS_PER_CHECKOUT;
-            self.view.update(|v| v.checkout_in_flight = true);
+            let (client, op) = (self.name(), n);
+            let what = format!("{}:{tokens}", self.feature);
+            let (job, want) = (String::new(), Vec::new());
+            self.history.record(Event::Invoke { client, op, job, what, want, wait: false });
             let sent = Instant::now();
             let measured = sent >= origin;
             result.operations += 1;
             let answer = self.client.checkout_once(self.body(tokens)).await;
             let done = Instant::now();
+            self.history.record(checkout_event(self.name(), op, &answer));
             let grant = match answer {
                 Ok(LeaseReply::Granted(grant)) => {
-                    self.view.update(|v| {
-                        v.checkout_in_flight = false;
-                        v.held = Some(grant.id.0);
-                        v.releasing = false;
-                    });
                     result.grants += u64::from(measured);
                     grant
                 }
                 Ok(other) => {
-                    self.view.update(|v| v.checkout_in_flight = false);
                     result.error(format!("unexpected answer {other:?}"), "unexpected_answer");
                     continue;
                 }
                 Err(ClientError::Api { detail, .. }) => {
-                    self.view.update(|v| v.checkout_in_flight = false);
                     if measured {
                         let micros = (done - sent).as_micros() as u64;
                         stats::record(&mut result.checkout_latency, micros);
@@ -223,10 +170,6 @@ impl Worker {
                     continue;
                 }
                 Err(error) => {
-                    self.view.update(|v| {
-                        v.checkout_in_flight = false;
-                        v.abandoned += 1;
-                    });
                     result.error(format!("checkout: {error}"), kind(&error));
                     continue;
                 }
@@ -236,18 +179,20 @@ impl Worker {
                 result.completions.push(since_origin(done));
             }
 
-            self.view.update(|v| v.releasing = true);
+            let (client, id) = (self.name(), grant.id.0);
+            self.history.record(Event::Release { client, id, believed: true });
             result.operations += 1;
             let sent = Instant::now();
             let answer = self.client.release(grant.id).await;
             let done = Instant::now();
+            let outcome = match &answer {
+                Ok(_) => Outcome::Released,
+                Err(ClientError::Api { detail, .. }) => Outcome::Refused(detail.code.to_string()),
+                Err(error) => Outcome::Unknown(error.to_string()),
+            };
+            self.history.record(Event::Released { client: self.name(), id, outcome });
             match answer {
                 Ok(_) => {
-                    self.view.update(|v| {
-                        v.held = None;
-                        v.releasing = false;
-                        v.last_released = v.last_released.max(grant.id.0);
-                    });
                     if measured {
                         let micros = (done - sent).as_micros() as u64;
                         stats::record(&mut result.release_latency, micros);
@@ -256,41 +201,23 @@ impl Worker {
                     }
                 }
                 Err(ClientError::Api { detail, .. }) => {
-                    self.view.update(|v| {
-                        v.held = None;
-                        v.releasing = false;
-                    });
                     if measured {
                         result.completions.push(since_origin(done));
                     }
-                    let lost = matches!(
-                        detail.code,
-                        ErrorCode::Gone | ErrorCode::UnknownCheckout | ErrorCode::NotOwner
-                    );
-                    if lost {
-                        result.lost.push(LostGrant {
-                            client: self.client.id().to_string(),
-                            id: grant.id.0,
-                            answer: format!("release: {} ({})", detail.message, detail.code),
-                        });
-                    } else {
-                        // Refused for another reason: it may still be live.
-                        self.view.update(|v| v.unsure.push(grant.id.0));
-                        result
-                            .error(format!("release #{}: {}", grant.id, detail.message), "refused");
-                    }
+                    // The audit reports the grant lost (the cluster did not find it live).
+                    result.error(format!("release #{}: {}", grant.id, detail.message), "refused");
                 }
                 Err(error) => {
-                    self.view.update(|v| {
-                        v.held = None;
-                        v.releasing = false;
-                        v.unsure.push(grant.id.0);
-                    });
                     result.error(format!("release #{}: {error}", grant.id), kind(&error));
                 }
             }
         }
         result
+    }
+
+    /// Its client id, as the history names it.
+    fn name(&self) -> String {
+        self.client.id().to_string()
     }
 
     fn body(&self, tokens: u64) -> CheckoutBody {
@@ -326,5 +253,29 @@ fn kind(error: &ClientError) -> &'static str {
         ClientError::Decode { .. } => "decode",
         ClientError::Config { .. } => "config",
         ClientError::WaitTimedOut { .. } => "wait_timed_out",
+    }
+}
+
+/// The history's entry for the answer to a checkout: definite only for a grant or a
+/// refusal the state machine committed (`docs/testing.md`, "Properties").
+fn checkout_event(client: String, op: u64, answer: &Result<LeaseReply, ClientError>) -> Event {
+    match answer {
+        Ok(LeaseReply::Granted(grant)) => {
+            let (id, fence, items) = (grant.id.0, grant.fence, Tokens::of(&grant.items));
+            Event::Granted { client, op, id, fence, items }
+        }
+        Err(ClientError::Api { detail, .. })
+            if definite_refusal(detail.denial.is_some(), detail.code.as_str()) =>
+        {
+            Event::Refused { client, op, code: detail.code.to_string() }
+        }
+        Err(ClientError::Api { detail, .. }) => {
+            let (code, error) = (Some(detail.code.to_string()), detail.message.clone());
+            Event::Unknown { client, op, id: None, code, error }
+        }
+        Ok(other) => {
+            Event::Unknown { client, op, id: None, code: None, error: format!("{other:?}") }
+        }
+        Err(error) => Event::Unknown { client, op, id: None, code: None, error: error.to_string() },
     }
 }

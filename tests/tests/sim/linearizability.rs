@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::history::{Entry, Event};
+use lsm_check::history::{Entry, Event, Outcome};
 
 /// What an operation asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,7 +222,7 @@ pub fn operations(entries: &[Entry]) -> Vec<Op> {
     let mut ops: Vec<Op> = Vec::new();
     let mut open: BTreeMap<(String, &'static str, u64), usize> = BTreeMap::new();
     for entry in entries {
-        let at = entry.at_ms;
+        let at = entry.at / 1_000;
         let mut start = |client: &str, kind: &'static str, key: u64, call: Call| {
             open.insert((client.to_string(), kind, key), ops.len());
             ops.push(Op {
@@ -234,7 +234,7 @@ pub fn operations(entries: &[Entry]) -> Vec<Op> {
             });
         };
         match &entry.event {
-            Event::Checkout { client, op, want, .. } => {
+            Event::Invoke { client, op, want, .. } => {
                 let w = &want[0];
                 start(
                     client,
@@ -253,23 +253,27 @@ pub fn operations(entries: &[Entry]) -> Vec<Op> {
             Event::Refused { client, op, .. } => {
                 finish(&mut ops, &mut open, (client, "checkout", *op), at, Some(Ret::Refused))
             }
-            Event::Failed { client, op, .. } => {
+            Event::Unknown { client, op, .. } => {
                 finish(&mut ops, &mut open, (client, "checkout", *op), at, None)
             }
-            Event::Released { client, id, result } => {
-                let ret = match result.as_str() {
-                    "released" => Some(Ret::Released),
-                    "gone" | "unknown_checkout" => Some(Ret::Gone),
+            Event::Released { client, id, outcome } => {
+                let ret = match outcome {
+                    Outcome::Released => Some(Ret::Released),
+                    Outcome::Refused(code)
+                        if matches!(code.as_str(), "gone" | "unknown_checkout") =>
+                    {
+                        Some(Ret::Gone)
+                    }
                     _ => None,
                 };
                 finish(&mut ops, &mut open, (client, "release", *id), at, ret)
             }
             Event::ReadDone { client, op, in_use } => {
-                let ret = in_use.as_ref().map(|map| {
+                let ret = in_use.as_ref().map(|in_use| {
                     Ret::InUse(
-                        map.iter()
-                            .filter(|((feature, _), _)| feature == "abaqus")
-                            .map(|((_, pool), n)| (pool.clone(), *n))
+                        (in_use.iter())
+                            .filter(|t| t.feature == "abaqus")
+                            .map(|t| (t.pool.clone(), t.tokens))
                             .collect(),
                     )
                 });

@@ -21,10 +21,13 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::checks::{self, ExactlyOnce};
+use lsm_check::history::{Entry, Event, LiveCheckout};
+use lsm_check::{Capacity, Checks, Liveness};
+
+use crate::checks;
 use crate::clock::{EPOCH_MS, SimTime};
 use crate::faults::{self, Fault, Links, Scheduled, link};
-use crate::history::{Entry, Event, History};
+use crate::history::History;
 use crate::linearizability;
 use crate::workload::{self, Control, Mix, Plan};
 use crate::world::{self, NODES, NodeCtl};
@@ -138,7 +141,7 @@ pub fn run(options: Options) -> Report {
         down: BTreeMap::new(),
         armed: BTreeMap::new(),
         max_latency_ms,
-        exactly_once: ExactlyOnce::default(),
+        shown: BTreeMap::new(),
         faults_applied: 0,
     };
     let (caps, totals) = world::caps();
@@ -172,15 +175,16 @@ pub fn run(options: Options) -> Report {
             if !healed && now >= ready + heal_ms {
                 healed = true;
                 driver.heal(&mut sim);
-                history.record(Event::Fault("all faults healed".into()));
+                let what = "every fault; every crashed node restarts".into();
+                history.record(Event::Heal { what });
                 control.healed_at_ms.store(now.max(1), Ordering::SeqCst);
             }
             if now >= ready + work_ms && !control.stop.swap(true, Ordering::SeqCst) {
-                history.record(Event::Fault("clients stop".into()));
+                history.record(Event::Note { what: "clients stop".into() });
             }
         }
         if step.is_multiple_of(CHECK_EVERY) {
-            driver.check(&caps, &totals);
+            driver.check();
         }
         let clients_left = sim_clients_running(&mut sim, &client_names);
         if clients_left == 0 && clients_done_at.is_none() {
@@ -190,7 +194,7 @@ pub fn run(options: Options) -> Report {
             && now >= done + quiet_ms
             && !control.final_go.swap(true, Ordering::SeqCst)
         {
-            history.record(Event::Fault("final reads".into()));
+            history.record(Event::Note { what: "final reads".into() });
         }
         if finished {
             break;
@@ -200,15 +204,11 @@ pub fn run(options: Options) -> Report {
             break;
         }
     }
-    driver.check(&caps, &totals);
+    driver.check();
 
-    // Liveness after the heal.
-    match control.liveness.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-        Some(Ok(ms)) => {
-            history.record(Event::Fault(format!("liveness: served {ms} ms after the heal")))
-        }
-        Some(Err(why)) => history.violation(format!("liveness: {why}")),
-        None => history.violation("liveness: the probe never ran"),
+    // Liveness after the heal is checked on the history; the heal must have come.
+    if !healed {
+        history.violation("liveness: the faults were never healed");
     }
     // No checkout outlives its lease once everyone stopped.
     if full {
@@ -238,7 +238,17 @@ pub fn run(options: Options) -> Report {
         (lease_ttl_ms * drift_ppm).div_ceil(1_000_000)
     };
     let slack = (margin.as_millis() as u64).saturating_sub(gain);
-    for problem in checks::check_history(&entries, slack) {
+    let checks = Checks {
+        capacity: Capacity { caps: caps.clone(), totals: totals.clone() },
+        release_window: Some(Duration::from_millis(slack)),
+        // The clients may all hold their checkouts from before the heal to the end: the
+        // probe's answer is the evidence.
+        liveness: Some(Liveness { bound: workload::LIVENESS_BOUND, progress_after_heal: false }),
+    };
+    for violation in lsm_check::Report::check(&entries, &checks).violations {
+        history.found(violation.to_string());
+    }
+    for problem in checks::unexpected_refusals(&entries) {
         history.violation(problem);
     }
     if !full {
@@ -295,7 +305,8 @@ struct Driver {
     /// Nodes armed to crash mid-step, by index: the step by which to crash anyway.
     armed: BTreeMap<usize, u64>,
     max_latency_ms: u64,
-    exactly_once: ExactlyOnce,
+    /// The live checkouts last recorded for each node, by id.
+    shown: BTreeMap<u64, Vec<LiveCheckout>>,
     faults_applied: usize,
 }
 
@@ -313,7 +324,7 @@ impl Driver {
 
     fn fault(&self, what: String) {
         crate::net::trace(|| format!("fault {what}"));
-        self.history.record(Event::Fault(what));
+        self.history.record(Event::Fault { what });
     }
 
     fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: Fault, now: u64, heal_at: u64) {
@@ -497,24 +508,21 @@ impl Driver {
         }
     }
 
-    /// The cheap checks: client beliefs, every running node's invariants, and the
-    /// operations behind every live checkout.
-    fn check(&mut self, caps: &BTreeMap<(String, String), u64>, totals: &BTreeMap<String, u64>) {
-        let (belief, granted) = {
-            let inner = self.history.lock();
-            (checks::check_beliefs(&inner.beliefs, caps, totals), inner.granted.clone())
-        };
-        if let Err(problem) = belief {
-            self.history.violation(problem);
-        }
+    /// The cheap checks: every running node's invariants; and each node's live
+    /// checkouts, recorded in the history when they changed since the last round.
+    fn check(&mut self) {
         for ctl in &self.nodes {
             let Some(node) = ctl.node() else { continue };
             let (checkouts, invariants) = checks::check_node(&node);
             if let Err(problem) = invariants {
                 self.history.violation(format!("n{}: state invariant broken: {problem}", ctl.id));
             }
-            for problem in self.exactly_once.observe(ctl.id, checkouts, &granted) {
-                self.history.violation(problem);
+            if self.shown.get(&ctl.id) != Some(&checkouts) {
+                self.shown.insert(ctl.id, checkouts.clone());
+                let invoked = self.history.now_ms() * 1_000;
+                let snapshot =
+                    Event::Snapshot { node: ctl.id, invoked, linearizable: false, checkouts };
+                self.history.record(snapshot);
             }
         }
     }

@@ -7,20 +7,19 @@
 //! exactly. Each checkout carries its operation as the job id (`c1-op7`), which lets the
 //! exactly-once check find the checkouts one operation produced on the servers.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lsm_client::api::{
-    CheckoutBody, CheckoutQuery, InitBody, ItemBody, LeaseReply, ReleaseReply, WaitBody,
-};
-use lsm_client::{CheckoutOptions, Client, ClientConfig, ClientError, LeaseLoss};
+use lsm_check::history::{Event, Tokens, describe};
+use lsm_client::api::{CheckoutBody, CheckoutQuery, InitBody, ItemBody, LeaseReply, WaitBody};
+use lsm_client::{CheckoutOptions, Client, ClientConfig, ClientError};
 use lsm_core::{Checkout, FeatureStatus, ParallelMode};
+use lsm_tests::history::{checkout_answer, loss, outcome};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::history::{Event, Held, History};
+use crate::history::History;
 use crate::net::{self, Doom};
 use crate::world::{self, NODES};
 
@@ -36,8 +35,6 @@ pub struct Control {
     pub healed_at_ms: AtomicU64,
     /// The operator reads the final state now.
     pub final_go: AtomicBool,
-    /// Time from the heal to the first answered request, or why there was none.
-    pub liveness: Mutex<Option<Result<u64, String>>>,
     /// Checkouts still live at the end, as a linearizable read shows them.
     pub final_live: Mutex<Option<Result<Vec<Checkout>, String>>>,
 }
@@ -51,7 +48,6 @@ impl Control {
             stop: AtomicBool::new(false),
             healed_at_ms: AtomicU64::new(0),
             final_go: AtomicBool::new(false),
-            liveness: Mutex::new(None),
             final_live: Mutex::new(None),
         })
     }
@@ -138,10 +134,11 @@ pub async fn client_main(plan: Plan, control: Arc<Control>) -> turmoil::Result {
                 let tokens = rng.random_range(1..=3);
                 let mut item = ItemBody::tokens("abaqus".parse().expect("feature"), tokens);
                 item.pool = Some(pool.parse().expect("pool"));
-                (vec![item], vec![held("abaqus", pool, tokens)], false)
+                (vec![item], vec![Tokens::new("abaqus", pool, tokens)], false)
             }
         };
         let ttl = plan.lease_ttl_ms;
+        let job = format!("{}-op{op}", plan.name);
         let body = CheckoutBody {
             client: None,
             seq: None,
@@ -149,7 +146,7 @@ pub async fn client_main(plan: Plan, control: Arc<Control>) -> turmoil::Result {
             items,
             user: "jane".parse().expect("user"),
             host: plan.name.parse().expect("host"),
-            job: Some(format!("{}-op{op}", plan.name).parse().expect("job id")),
+            job: Some(job.parse().expect("job id")),
             lease_ttl_ms: Some(ttl),
             borrow_until_ms: None,
             wait: wait
@@ -159,58 +156,29 @@ pub async fn client_main(plan: Plan, control: Arc<Control>) -> turmoil::Result {
             on_queued: None,
             wait_timeout: wait.then(|| Duration::from_millis(rng.random_range(500..4_000))),
         };
-        history.record(Event::Checkout { client: plan.name.clone(), op, want, wait });
-        match client.checkout_with(body, options).await {
-            Ok(mut lease) => {
-                let grant = lease.grant();
-                let held_now = grant
-                    .items
-                    .iter()
-                    .map(|i| held(i.feature.as_str(), i.pool.as_str(), i.tokens))
-                    .collect();
-                let id = grant.id.0;
-                history.record(Event::Granted {
-                    client: plan.name.clone(),
-                    op,
-                    id,
-                    held: held_now,
-                });
-                let hold = match plan.mix {
-                    Mix::Full => rng.random_range(50..(3 * ttl).max(100)),
-                    Mix::Linearizable(_) => rng.random_range(10..400),
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(hold)) => {}
-                    _ = wait_for(&control.stop) => {}
-                    loss = lease.lost() => {
-                        let server_said = loss != LeaseLoss::Unreachable;
-                        history.record(Event::Lost {
-                            client: plan.name.clone(), id, loss: loss.to_string(), server_said,
-                        });
-                    }
+        let (client_id, what) = (plan.name.clone(), describe(&want));
+        history.record(Event::Invoke { client: client_id, op, job, what, want, wait });
+        let answer = client.checkout_with(body, options).await;
+        history.record(checkout_answer(&plan.name, op, &answer));
+        if let Ok(mut lease) = answer {
+            let id = lease.id().0;
+            let hold = match plan.mix {
+                Mix::Full => rng.random_range(50..(3 * ttl).max(100)),
+                Mix::Linearizable(_) => rng.random_range(10..400),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(hold)) => {}
+                _ = wait_for(&control.stop) => {}
+                lost = lease.lost() => {
+                    history.record(Event::Lost {
+                        client: plan.name.clone(), id, loss: loss(&lost),
+                    });
                 }
-                let believed = lease.loss().is_none();
-                history.record(Event::Release { client: plan.name.clone(), id, believed });
-                let result = match lease.release().await {
-                    Ok(ReleaseReply::Released { .. }) => "released".to_string(),
-                    Ok(ReleaseReply::Cancelled { .. }) => "cancelled".to_string(),
-                    Err(ClientError::Api { detail, .. }) => detail.code.to_string(),
-                    Err(other) => format!("failed: {other}"),
-                };
-                history.record(Event::Released { client: plan.name.clone(), id, result });
             }
-            Err(ClientError::Api { detail, .. }) => {
-                let code = detail.code.to_string();
-                history.record(Event::Refused { client: plan.name.clone(), op, code });
-            }
-            Err(ClientError::WaitTimedOut { .. }) => {
-                let code = "wait_timed_out".to_string();
-                history.record(Event::Refused { client: plan.name.clone(), op, code });
-            }
-            Err(other) => {
-                let error = other.to_string();
-                history.record(Event::Failed { client: plan.name.clone(), op, error });
-            }
+            let believed = lease.loss().is_none();
+            history.record(Event::Release { client: plan.name.clone(), id, believed });
+            let outcome = outcome(&lease.release().await);
+            history.record(Event::Released { client: plan.name.clone(), id, outcome });
         }
         let think = match plan.mix {
             Mix::Full => rng.random_range(0..300),
@@ -220,13 +188,9 @@ pub async fn client_main(plan: Plan, control: Arc<Control>) -> turmoil::Result {
     }
 }
 
-fn held(feature: &str, pool: &str, tokens: u64) -> Held {
-    Held { feature: feature.into(), pool: pool.into(), tokens }
-}
-
 /// A random checkout for [`Mix::Full`]: its items, what it should hold, and whether it
 /// may wait.
-fn full_items(rng: &mut ChaCha8Rng) -> (Vec<ItemBody>, Vec<Held>, bool) {
+fn full_items(rng: &mut ChaCha8Rng) -> (Vec<ItemBody>, Vec<Tokens>, bool) {
     let mut items = Vec::new();
     let mut want = Vec::new();
     let shape = rng.random_range(0..10);
@@ -236,7 +200,7 @@ fn full_items(rng: &mut ChaCha8Rng) -> (Vec<ItemBody>, Vec<Held>, bool) {
         let mut item = ItemBody::tokens("abaqus".parse().expect("feature"), tokens);
         item.pool = Some(pool.parse().expect("pool"));
         items.push(item);
-        want.push(held("abaqus", pool, tokens));
+        want.push(Tokens::new("abaqus", pool, tokens));
     }
     if shape >= 4 {
         let (mode, pool) = if rng.random_bool(0.5) {
@@ -246,7 +210,7 @@ fn full_items(rng: &mut ChaCha8Rng) -> (Vec<ItemBody>, Vec<Held>, bool) {
         };
         let cores = rng.random_range(1..=4);
         items.push(ItemBody::cores("lsdyna".parse().expect("feature"), cores, mode));
-        want.push(held("lsdyna", pool, cores));
+        want.push(Tokens::new("lsdyna", pool, cores));
     }
     (items, want, rng.random_bool(0.25))
 }
@@ -259,12 +223,11 @@ async fn read_in_use(client: &Client, name: &str, op: u64, history: &History) {
     history.record(Event::ReadDone { client: name.to_string(), op, in_use });
 }
 
-/// Tokens in use per (feature, pool).
-pub fn in_use_of(features: &[FeatureStatus]) -> BTreeMap<(String, String), u64> {
-    features
-        .iter()
+/// Tokens in use per feature and pool.
+pub fn in_use_of(features: &[FeatureStatus]) -> Vec<Tokens> {
+    (features.iter())
         .flat_map(|f| {
-            f.pools.iter().map(move |p| ((f.feature.to_string(), p.pool.to_string()), p.in_use))
+            f.pools.iter().map(move |p| Tokens::new(f.feature.as_str(), p.pool.as_str(), p.in_use))
         })
         .collect()
 }
@@ -303,7 +266,7 @@ pub async fn operator_main(seed: u64, control: Arc<Control>) -> turmoil::Result 
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    history.record(Event::Fault("license installed; clients start".into()));
+    history.record(Event::Note { what: "license installed; clients start".into() });
     control.ready.store(true, Ordering::SeqCst);
 
     while control.healed_at_ms.load(Ordering::SeqCst) == 0 {
@@ -336,7 +299,7 @@ pub async fn operator_main(seed: u64, control: Arc<Control>) -> turmoil::Result 
             Ok(LeaseReply::Granted(grant) | LeaseReply::Renewed(grant)) => {
                 match client.release(grant.id).await {
                     Ok(_) => break Ok(started.elapsed().as_millis() as u64),
-                    Err(e) => history.record(Event::Fault(format!("probe release failed: {e}"))),
+                    Err(e) => history.record(note(format!("probe release failed: {e}"))),
                 }
             }
             Ok(LeaseReply::Queued(_)) => break Err("an unwaited probe was queued".into()),
@@ -344,13 +307,21 @@ pub async fn operator_main(seed: u64, control: Arc<Control>) -> turmoil::Result 
             Err(ClientError::Api { detail, .. }) if detail.denial.is_some() => {
                 break Ok(started.elapsed().as_millis() as u64);
             }
-            Err(e) => history.record(Event::Fault(format!("probe failed: {e}"))),
+            Err(e) => history.record(note(format!("probe failed: {e}"))),
         }
     };
-    *control.liveness.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    history.record(match outcome {
+        Ok(ms) => Event::Probe { ok: true, detail: format!("served {ms} ms after the heal") },
+        Err(why) => Event::Probe { ok: false, detail: why },
+    });
 
     wait_for(&control.final_go).await;
     let live = client.checkouts(CheckoutQuery::default()).await.map_err(|e| e.to_string());
     *control.final_live.lock().unwrap_or_else(|e| e.into_inner()) = Some(live);
     Ok(())
+}
+
+/// A note for the reader of the history.
+fn note(what: String) -> Event {
+    Event::Note { what }
 }
