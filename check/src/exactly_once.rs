@@ -161,14 +161,11 @@ mod tests {
     #[test]
     fn exactly_once_fails_on_a_second_checkout_or_a_reused_id() {
         // The cluster holds two checkouts of a, which got one answer for one request.
+        let two = [(1, "a", tokens("dyna", "smp", 1)), (2, "a", tokens("dyna", "smp", 1))];
         let twice = Script::default()
             .invoke(0, "a", 1)
             .grant(10, "a", 1, 1, tokens("dyna", "smp", 1))
-            .snapshot(
-                20,
-                30,
-                &[(1, "a", tokens("dyna", "smp", 1)), (2, "a", tokens("dyna", "smp", 1))],
-            )
+            .snapshot(20, 30, &two)
             .release(40, "a", 1);
         assert_eq!(properties(&twice.check()), [Property::ExactlyOnce]);
         // The same, but a had a request that went unanswered: that may be #2.
@@ -177,11 +174,7 @@ mod tests {
             .unknown(5, "a", 1, None)
             .invoke(6, "a", 2)
             .grant(10, "a", 2, 1, tokens("dyna", "smp", 1))
-            .snapshot(
-                20,
-                30,
-                &[(1, "a", tokens("dyna", "smp", 1)), (2, "a", tokens("dyna", "smp", 1))],
-            )
+            .snapshot(20, 30, &two)
             .release(40, "a", 1);
         assert!(unanswered.check().ok(), "{}", unanswered.check());
         // A request still in flight may be the one the snapshot shows.

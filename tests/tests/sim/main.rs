@@ -12,8 +12,10 @@
 //! - `world.rs`: the license, the node configs, node hosts, disks and mid-step crashes;
 //! - `workload.rs`: the client hosts and the operator host;
 //! - `faults.rs`: the seeded fault schedule;
-//! - `history.rs`: what the clients saw;
-//! - `checks.rs`, `linearizability.rs`: the checkers;
+//! - `history.rs`: the run's `lsm_check` history, stamped with simulated time;
+//! - `checks.rs`: the simulation's own checks (refusals, every node's invariants), beside
+//!   the properties `lsm_check` checks on the history (`docs/testing.md`, "Properties");
+//! - `linearizability.rs`: the linearizability checker of the small runs;
 //! - `run.rs`: one run from its seed.
 //!
 //! Modes (see `docs/testing.md`):
