@@ -19,7 +19,7 @@ pub struct Limits {
     /// Waiting requests of one client id.
     pub max_queued_per_client: u64,
     /// Client sessions kept for exactly-once replies. When full, the least recently seen
-    /// session is evicted (see [`crate::session`]).
+    /// session is evicted (see [`crate::clients`]).
     pub max_sessions: u64,
     /// Replies kept per session for requests the client has not yet acknowledged.
     pub max_replies_per_session: u64,
