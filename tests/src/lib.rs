@@ -1,10 +1,12 @@
 //! End-to-end harness: real `lsm-server` processes on loopback, and the `lsm` CLI.
 //!
-//! [`ProcCluster`] writes one config per node into a temporary directory, starts each node
-//! as its own process on an ephemeral loopback port, bootstraps the cluster through the
-//! admin API and waits for a leader. Nodes can be killed with SIGKILL, paused with
-//! SIGSTOP and restarted from their data directory. Every process is killed when the
-//! cluster is dropped; if the test panicked, the nodes' logs are printed first.
+//! [`ProcCluster`] is an [`lsm_server::kit::Cluster`] in a temporary directory, on
+//! ephemeral loopback ports, with the test license, that fails the test where the kit
+//! returns an error: it starts the nodes, bootstraps the cluster through the admin API
+//! and waits for a leader every node agrees on. Nodes can be killed with SIGKILL, paused
+//! with SIGSTOP and restarted from their data directory. Every process is killed when the
+//! cluster is dropped (and exits by itself if the test process dies); if the test
+//! panicked, the nodes' logs are printed first.
 //!
 //! The binaries are built once per test run (`cargo build --bins`), so a test run of this
 //! crate alone works too, and always runs the current code.
@@ -24,9 +26,8 @@ pub mod proxy;
 pub mod workload;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,9 +35,9 @@ use bytes::Bytes;
 use lsm_client::api::{self, ClusterInfo};
 use lsm_client::transport::{HyperTransport, Transport, TransportError};
 use lsm_core::{Checkout, FeatureStatus};
+use lsm_server::kit::{self, Ports, Spec};
 use net::PeerLinks;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -46,6 +47,9 @@ pub const SETTLE: Duration = Duration::from_secs(20);
 
 const LOCAL_FEATURES: &str = "/v1/features?consistency=local";
 const LOCAL_CHECKOUTS: &str = "/v1/checkouts?consistency=local";
+
+/// How many lines of each node's log a failure shows.
+const LOG_LINES: usize = 60;
 
 /// The path of a workspace binary, built (once per test process) if it is not current.
 pub fn binary(name: &str) -> PathBuf {
@@ -65,26 +69,11 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Free loopback ports, found by binding port 0. Another process could take one before
-/// the node binds it; the node then fails to start and the harness says so.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind loopback")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
-}
-
-/// One node process.
-struct NodeProc {
-    addr: String,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
 /// A cluster of `lsm-server` processes on loopback.
 pub struct ProcCluster {
+    /// Declared first, so the nodes are killed before their directory is removed.
+    kit: kit::Cluster,
     dir: tempfile::TempDir,
-    nodes: BTreeMap<u64, NodeProc>,
     http: Http,
     links: Option<PeerLinks>,
 }
@@ -162,49 +151,31 @@ impl ProcCluster {
     /// Starts a cluster as `options` say, bootstraps it and waits for a leader that has
     /// installed the license.
     pub async fn start_with_options(options: Options) -> ProcCluster {
-        let size = options.size;
         let dir = tempfile::tempdir().expect("temp dir");
-        let license_path = dir.path().join("license.toml");
-        std::fs::write(&license_path, &options.license).expect("write license");
-        let ports = free_ports(size as usize);
-        let peers: BTreeMap<u64, String> =
-            (1..=size).zip(&ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
-        let links = if options.proxied_links { Some(PeerLinks::start(&peers).await) } else { None };
-        let mut nodes = BTreeMap::new();
-        for (&id, addr) in &peers {
-            let config = dir.path().join(format!("node{id}.toml"));
-            let data = dir.path().join(format!("node{id}"));
-            let mut text = format!(
-                "node_id = {id}\ncluster_id = \"e2e\"\nlisten = \"{addr}\"\ndata_dir = {data:?}\n\
-                 license_file = {license_path:?}\nlog_level = \"info\"\n"
-            );
-            for setting in &options.settings {
-                text.push_str(setting);
-                text.push('\n');
-            }
-            text.push_str("\n[peers]\n");
-            for (peer, peer_addr) in &peers {
-                text.push_str(&format!("{peer} = \"{peer_addr}\"\n"));
-            }
-            if let Some(links) = &links {
-                text.push_str("\n[dial]\n");
+        let ports = kit::free_ports(options.size as usize).expect("free loopback ports");
+        let mut spec = Spec {
+            nodes: options.size,
+            ports: Ports::Given(ports),
+            cluster_id: "e2e".into(),
+            license: Some(options.license),
+            settings: options.settings,
+            ..Spec::new(binary("lsm-server"), dir.path())
+        };
+        let links = if options.proxied_links {
+            let links = PeerLinks::start(&spec.peers().expect("the nodes' addresses")).await;
+            for id in 1..=options.size {
+                let mut table = String::from("[dial]\n");
                 for (peer, proxy) in links.dial_table(id) {
-                    text.push_str(&format!("{peer} = \"{proxy}\"\n"));
+                    table.push_str(&format!("{peer} = \"{proxy}\"\n"));
                 }
+                spec.tables.insert(id, table);
             }
-            std::fs::write(&config, text).expect("write config");
-            let log = dir.path().join(format!("node{id}.log"));
-            nodes.insert(id, NodeProc { addr: addr.clone(), config, log, child: None });
-        }
-        let mut cluster = ProcCluster { dir, nodes, http: Http::new(), links };
-        for id in 1..=size {
-            cluster.spawn(id);
-        }
-        for id in 1..=size {
-            cluster.wait_healthy(id).await;
-        }
-        let (status, body) = cluster.post(1, api::path::INIT, &api::InitBody::default()).await;
-        assert_eq!(status, 200, "init: {body}");
+            Some(links)
+        } else {
+            None
+        };
+        let kit = kit::Cluster::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
+        let cluster = ProcCluster { kit, dir, http: Http::new(), links };
         cluster.wait_for_leader().await;
         cluster
             .wait_until("the license is installed", |c| async move {
@@ -220,19 +191,24 @@ impl ProcCluster {
         self.dir.path()
     }
 
+    /// The processes themselves.
+    pub fn kit(&self) -> &kit::Cluster {
+        &self.kit
+    }
+
     /// Node `id`'s address.
     pub fn addr(&self, id: u64) -> &str {
-        &self.nodes[&id].addr
+        self.kit.addr(id)
     }
 
     /// Every node's address, in id order.
     pub fn addrs(&self) -> Vec<String> {
-        self.nodes.values().map(|n| n.addr.clone()).collect()
+        self.kit.addrs()
     }
 
     /// Every node's id and address.
     pub fn nodes(&self) -> BTreeMap<u64, String> {
-        self.nodes.iter().map(|(&id, n)| (id, n.addr.clone())).collect()
+        self.kit.peers()
     }
 
     /// The proxies on the links between nodes ([`Options::proxied_links`]).
@@ -247,7 +223,7 @@ impl ProcCluster {
 
     /// The ids of the nodes whose process runs.
     pub fn live(&self) -> Vec<u64> {
-        self.nodes.iter().filter(|(_, n)| n.child.is_some()).map(|(&id, _)| id).collect()
+        self.kit.live()
     }
 
     fn any_live(&self) -> u64 {
@@ -256,98 +232,34 @@ impl ProcCluster {
 
     /// The node's process id, if it runs.
     pub fn pid(&self, id: u64) -> Option<u32> {
-        self.nodes[&id].child.as_ref().map(Child::id)
-    }
-
-    fn spawn(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).expect("known node");
-        assert!(node.child.is_none(), "node {id} already runs");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("open log");
-        let child = Command::new(binary("lsm-server"))
-            .arg("run")
-            .arg("--config")
-            .arg(&node.config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn lsm-server");
-        node.child = Some(child);
+        self.kit.pid(id)
     }
 
     /// Kills node `id` with SIGKILL and reaps it.
     pub fn kill(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).expect("known node");
-        let mut child = node.child.take().expect("node runs");
-        let _ = child.kill();
-        let _ = child.wait();
+        self.kit.kill(id).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Sends `signal` to node `id` (SIGSTOP to pause it, SIGCONT to resume it).
     pub fn signal(&self, id: u64, signal: Signal) {
-        let pid = self.pid(id).expect("node runs");
-        kill(Pid::from_raw(pid as i32), signal).expect("signal the node");
+        self.kit.signal(id, signal).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Restarts node `id` from its data directory and waits until it answers.
     pub async fn restart(&mut self, id: u64) {
-        self.spawn(id);
-        self.wait_healthy(id).await;
-    }
-
-    async fn wait_healthy(&self, id: u64) {
-        let addr = self.addr(id).to_string();
-        let started = Instant::now();
-        loop {
-            if let Ok((200, _)) = self.http.call(&addr, "GET", api::path::HEALTHZ, None).await {
-                return;
-            }
-            assert!(
-                started.elapsed() < SETTLE,
-                "node {id} did not answer /healthz within {SETTLE:?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.kit.restart(id).await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The cluster as node `id` sees it, if it answers.
     pub async fn cluster_info(&self, id: u64) -> Option<ClusterInfo> {
-        let addr = self.addr(id);
-        match self.http.call(addr, "GET", api::path::CLUSTER, None).await {
-            Ok((200, body)) => serde_json::from_value(body).ok(),
-            _ => None,
-        }
+        self.kit.info(id).await
     }
 
     /// Waits until every live node names the same live leader in the same term, and
     /// returns it.
     pub async fn wait_for_leader(&self) -> u64 {
-        let started = Instant::now();
-        loop {
-            let mut views = Vec::new();
-            for id in self.live() {
-                let view = self.cluster_info(id).await;
-                views.push(view.and_then(|i| i.leader.map(|leader| (leader, i.term))));
-            }
-            if let Some(Some((leader, term))) = views.first().copied() {
-                let agreed = views.iter().all(|v| *v == Some((leader, term)));
-                if agreed && self.live().contains(&leader) {
-                    return leader;
-                }
-            }
-            assert!(
-                started.elapsed() < SETTLE,
-                "no leader all live nodes agree on within {SETTLE:?}: {views:?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let leader = self.leader_within(SETTLE).await;
+        leader.unwrap_or_else(|| panic!("no leader all live nodes agree on within {SETTLE:?}"))
     }
 
     /// The leader every live node that answers within `within` agrees on, if there is
@@ -359,24 +271,7 @@ impl ProcCluster {
     /// The leader the nodes `among` agree on, if they agree within `within` on one of
     /// them (the others may be paused or cut off, and think otherwise).
     pub async fn leader_among(&self, among: &[u64], within: Duration) -> Option<u64> {
-        let started = Instant::now();
-        loop {
-            let mut views = Vec::new();
-            for &id in among {
-                let view = tokio::time::timeout(Duration::from_secs(2), self.cluster_info(id));
-                views.push(view.await.ok().flatten().and_then(|i| i.leader.map(|l| (l, i.term))));
-            }
-            if let Some(Some((leader, term))) = views.first().copied()
-                && views.iter().all(|v| *v == Some((leader, term)))
-                && among.contains(&leader)
-            {
-                return Some(leader);
-            }
-            if started.elapsed() >= within {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.kit.agreed_leader(among, within).await
     }
 
     /// Waits until every live node has applied the same log index and holds the same
@@ -466,32 +361,17 @@ impl ProcCluster {
         serde_json::from_value(body).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
-    /// Every node's log, for failure messages.
+    /// The end of every node's log, for failure messages.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for (id, node) in &self.nodes {
-            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            out.push_str(&format!("---- node {id} log (last {} lines)\n", tail.len()));
-            for line in tail.into_iter().rev() {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
+        self.kit.logs(LOG_LINES)
     }
 }
 
 impl Drop for ProcCluster {
+    /// Prints the nodes' logs if the test failed; the kit then kills the nodes.
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
-        }
-        for node in self.nodes.values_mut() {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
         }
     }
 }

@@ -11,7 +11,8 @@
 //! out. It starts three `lsm-server` processes itself unless given `--servers`.
 //!
 //! - [`settings`]: flags, then validated settings;
-//! - [`cluster`]: the three child processes, their kills and restarts;
+//! - [`cluster`]: the three child processes (an `lsm_server::kit::Cluster`), their kills
+//!   and restarts;
 //! - [`workload`]: the clients and the exchange counter;
 //! - [`audit`]: lost and duplicated grants against linearizable reads;
 //! - [`cpu`]: how much CPU the run, and everything else on the machine, took;
