@@ -179,7 +179,8 @@ impl Spec {
         self.dir.join(format!("node{id}.toml"))
     }
 
-    /// The nodes' addresses, by id, as [`Spec::ports`] gives them.
+    /// The nodes' addresses, by id, as [`Spec::ports`] gives them ([`Ports::Free`] finds
+    /// new ones at every call).
     pub fn peers(&self) -> Result<BTreeMap<u64, String>, ServerError> {
         let count = usize::try_from(self.nodes).map_err(|_| fail("too many nodes"))?;
         let ports = match &self.ports {
