@@ -9,8 +9,8 @@
 //! its oldest entries move to the tree, so memory stays proportional to the entries held
 //! however the ids are spread. Every id moves to the tree at most once.
 //!
-//! The table iterates, compares and serializes in id order, exactly as the
-//! `BTreeMap<CheckoutId, V>` it replaces, so snapshots are byte-for-byte unchanged and two
+//! The table iterates, compares and serializes in id order, exactly as a
+//! `BTreeMap<CheckoutId, V>` would, so its snapshot bytes are a B-tree map's and two
 //! tables with the same entries are equal however their windows lie.
 
 use std::collections::{BTreeMap, VecDeque};

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use lsm_client::api::{AddNodeBody, ClusterInfo, ErrorCode, InitBody, path};
+use lsm_client::api::{AddNodeBody, ClusterInfo, ErrorCode, InitBody};
 
 use crate::config::{Config, Overrides};
 use crate::dev::{self, DevOptions};
@@ -257,52 +257,50 @@ fn dev(args: &DevArgs) -> Result<ExitCode, ServerError> {
 async fn init(args: &InitArgs) -> Result<ExitCode, ServerError> {
     let remote = args.target.remote()?;
     let body = InitBody { members: None, install_license: !args.no_license };
-    let body = serde_json::to_value(&body).map_err(|e| ServerError::Remote(e.to_string()))?;
     let timeout = crate::routes::admin::INIT_TIMEOUT + Duration::from_secs(10);
-    let answer = remote.send(http::Method::POST, path::INIT, Some(&body), timeout).await?;
-    if answer.is_success() {
-        let info: ClusterInfo = answer.json()?;
-        print_cluster("cluster initialized", &info);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if answer.error().is_some_and(|(code, _)| code == ErrorCode::AlreadyInitialized) {
-        if args.if_needed {
-            println!(
-                "note: the cluster at {} is already initialized; nothing changed",
+    match remote.init(&body, timeout).await {
+        Ok(info) => {
+            print_cluster("cluster initialized", &info);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.code() == Some(ErrorCode::AlreadyInitialized) => {
+            if args.if_needed {
+                println!(
+                    "note: the cluster at {} is already initialized; nothing changed",
+                    remote.addr()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "error: the cluster at {} is already initialized; nothing changed (use --if-needed to accept that)",
                 remote.addr()
             );
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::FAILURE)
         }
-        eprintln!(
-            "error: the cluster at {} is already initialized; nothing changed (use --if-needed to accept that)",
-            remote.addr()
-        );
-        return Ok(ExitCode::FAILURE);
+        Err(e) => Err(ServerError::Remote(format!("init failed: {e}"))),
     }
-    Err(ServerError::Remote(format!("init failed: {}", answer.describe())))
 }
 
 async fn add_node(args: &AddNodeArgs) -> Result<ExitCode, ServerError> {
     let remote = args.target.remote()?;
     let body = AddNodeBody { id: args.id, addr: args.addr.clone(), voter: !args.learner };
-    let body = serde_json::to_value(&body).map_err(|e| ServerError::Remote(e.to_string()))?;
     let timeout = crate::routes::admin::MEMBERSHIP_TIMEOUT + Duration::from_secs(10);
-    let answer = remote.send(http::Method::POST, path::NODES, Some(&body), timeout).await?;
-    if !answer.is_success() {
-        return Err(ServerError::Remote(format!("add-node failed: {}", answer.describe())));
-    }
-    print_cluster(&format!("node {} added", args.id), &answer.json()?);
+    let info = remote
+        .add_node(&body, timeout)
+        .await
+        .map_err(|e| ServerError::Remote(format!("add-node failed: {e}")))?;
+    print_cluster(&format!("node {} added", args.id), &info);
     Ok(ExitCode::SUCCESS)
 }
 
 async fn remove_node(args: &RemoveNodeArgs) -> Result<ExitCode, ServerError> {
     let remote = args.target.remote()?;
     let timeout = crate::routes::admin::MEMBERSHIP_TIMEOUT + Duration::from_secs(10);
-    let answer = remote.send(http::Method::DELETE, &path::node(args.id), None, timeout).await?;
-    if !answer.is_success() {
-        return Err(ServerError::Remote(format!("remove-node failed: {}", answer.describe())));
-    }
-    print_cluster(&format!("node {} removed", args.id), &answer.json()?);
+    let info = remote
+        .remove_node(args.id, timeout)
+        .await
+        .map_err(|e| ServerError::Remote(format!("remove-node failed: {e}")))?;
+    print_cluster(&format!("node {} removed", args.id), &info);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,9 +16,9 @@
 //! process is gone, however it went (a panic, SIGKILL), and dropping a [`Cluster`] kills
 //! its nodes (SIGKILL). Meanwhile one node can be killed, stopped (SIGTERM, then SIGKILL
 //! after a grace period), paused (SIGSTOP) and resumed, and restarted from its data
-//! directory; the admin API (`/v1/cluster`) tells which node leads and whether a node has
-//! caught up. The directory itself belongs to the caller: the kit neither creates a
-//! temporary one nor removes it.
+//! directory; the admin API (`/v1/admin/cluster`) tells which node leads and whether a
+//! node has caught up. The directory itself belongs to the caller: the kit neither
+//! creates a temporary one nor removes it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -329,17 +329,11 @@ impl Cluster {
             return Ok(Init::Skipped);
         }
         let first = &self.nodes.values().next().ok_or_else(|| fail("a cluster of no nodes"))?;
-        let body = serde_json::to_value(InitBody::default())
-            .map_err(|e| fail(format!("the init body: {e}")))?;
         let timeout = self.spec.start_timeout;
-        let answer =
-            first.remote.send(http::Method::POST, path::INIT, Some(&body), timeout).await?;
-        let init = if answer.is_success() {
-            Init::Done
-        } else if answer.error().is_some_and(|(code, _)| code == ErrorCode::AlreadyInitialized) {
-            Init::Already
-        } else {
-            return Err(fail(format!("init failed: {}", answer.describe())));
+        let init = match first.remote.init(&InitBody::default(), timeout).await {
+            Ok(_) => Init::Done,
+            Err(e) if e.code() == Some(ErrorCode::AlreadyInitialized) => Init::Already,
+            Err(e) => return Err(fail(format!("init failed: {e}"))),
         };
         for id in self.ids() {
             while !self.answers(id, path::READYZ).await {

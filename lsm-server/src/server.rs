@@ -141,6 +141,7 @@ pub async fn run(
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
+        tracing::info!(node = id, "shutting down");
         let _ = stop_tx.send(true);
     });
     let mut graceful = stop_rx.clone();
@@ -149,7 +150,6 @@ pub async fn run(
     });
     let forced = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
-        tracing::info!(node = id, "shutting down");
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {

@@ -202,7 +202,7 @@ fn seeds_keep_every_promise_under_faults() {
 /// - 872: the leader's clock had jumped 7 s ahead; after a re-election, a client write
 ///   that openraft accepted a moment before the node's metrics said it led reached the
 ///   log ahead of the term's `LeaderChange`, stamped with that clock, and expired
-///   leases the `LeaderChange` would have extended. A new leader now keeps the
+///   leases the `LeaderChange` would have extended. A new leader keeps the
 ///   replicated clock still until its `LeaderChange` is committed.
 const REGRESSION_SEEDS: [u64; 1] = [872];
 
