@@ -8,7 +8,10 @@
 //! fsync per request. openraft treats an entry as durable on this node only once its
 //! callback reports it, so an entry is never counted towards a quorum before it is on disk.
 //!
-//! The vote is on disk before `save_vote` returns, and so is a truncation.
+//! The vote is on disk before `save_vote` returns, and so is a truncation. The committed
+//! index joins the flusher's queue too: `save_committed` returns once a flush that
+//! started after its write has finished, so it shares that fsync with the appends
+//! waiting for it.
 
 use std::fmt::Debug;
 use std::io;
@@ -20,7 +23,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, RaftLogReader, StorageIOError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{self, Backend, BackendError};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -33,7 +36,7 @@ const LAST_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     backend: Arc<dyn Backend>,
-    flushes: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    flushes: mpsc::UnboundedSender<Waiter>,
     /// The last committed index plus one (0: none), for status reports.
     committed: Arc<AtomicU64>,
 }
@@ -69,11 +72,16 @@ impl LogStore {
     }
 }
 
-/// Runs one flush for every batch of waiting appends.
-async fn flusher(
-    backend: Arc<dyn Backend>,
-    mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
-) {
+/// A write waiting for the next flush.
+enum Waiter {
+    /// Appended entries: openraft's callback.
+    Append(LogFlushed<TypeConfig>),
+    /// Any other write, such as the committed index: told the flush's outcome.
+    Write(oneshot::Sender<Result<(), String>>),
+}
+
+/// Runs one flush for every batch of waiting writes.
+async fn flusher(backend: Arc<dyn Backend>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -81,15 +89,24 @@ async fn flusher(
         }
         let failure = backend::run(&backend, |b| b.flush()).await.err().map(|e| e.to_string());
         if let Some(failure) = &failure {
-            tracing::error!(%failure, "log flush failed; entries are not durable");
+            tracing::error!(%failure, "log flush failed; writes are not durable");
         }
-        for callback in batch {
-            callback.log_io_completed(match &failure {
-                None => Ok(()),
-                Some(message) => Err(io::Error::other(message.clone())),
-            });
+        for waiter in batch {
+            match waiter {
+                Waiter::Append(callback) => callback.log_io_completed(match &failure {
+                    None => Ok(()),
+                    Some(message) => Err(io::Error::other(message.clone())),
+                }),
+                Waiter::Write(tx) => {
+                    let _ = tx.send(failure.clone().map_or(Ok(()), Err));
+                }
+            }
         }
     }
+}
+
+fn flusher_stopped() -> StorageError {
+    write_err(BackendError("the log flusher has stopped".into()))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
@@ -162,7 +179,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let bytes = encode(&committed)?;
-        self.backend.put_meta(COMMITTED, &bytes).map_err(write_err)?;
+        self.blocking(move |b| b.put_meta(COMMITTED, &bytes)).await.map_err(write_err)?;
+        let (tx, rx) = oneshot::channel();
+        self.flushes.send(Waiter::Write(tx)).map_err(|_| flusher_stopped())?;
+        rx.await.map_err(|_| flusher_stopped())?.map_err(|e| write_err(BackendError(e)))?;
         self.committed.store(committed.map_or(0, |c| c.index + 1), Ordering::Relaxed);
         Ok(())
     }
@@ -184,10 +204,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|entry| Ok((entry.log_id.index, encode(&entry)?)))
             .collect::<Result<Vec<_>, StorageError>>()?;
-        self.backend.append(&raw).map_err(write_err)?;
-        self.flushes
-            .send(callback)
-            .map_err(|_| write_err(BackendError("the log flusher has stopped".into())))
+        self.blocking(move |b| b.append(&raw)).await.map_err(write_err)?;
+        self.flushes.send(Waiter::Append(callback)).map_err(|_| flusher_stopped())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -3,7 +3,7 @@
 //!
 //! [`Server::start`] takes everything that touches the outside world as a parameter (the
 //! storage backend, the peer network, the clock, and the transport used to forward to
-//! the leader), so the same server runs in production ([`run`]: sled, HTTP peers, the
+//! the leader), so the same server runs in production ([`run`]: redb, HTTP peers, the
 //! system clock, TCP) and in a deterministic simulation (memory storage, simulated
 //! network and time). [`Server::router`] is a plain `axum::Router`; whoever owns the
 //! socket serves it.
@@ -21,7 +21,7 @@ use axum::response::Response;
 use axum::routing::{delete, get, post};
 use lsm_client::api::{ErrorCode, FORWARDED_HEADER, LEADER_HEADER, NODE_HEADER, path};
 use lsm_client::transport::{HyperTransport, Transport};
-use lsm_raft::backend::{Backend, SledBackend};
+use lsm_raft::backend::{Backend, RedbBackend};
 use lsm_raft::clock::{Clock, SystemClock};
 use lsm_raft::network::http::HttpNetwork;
 use lsm_raft::node::LsmNode;
@@ -110,7 +110,7 @@ impl Server {
     }
 }
 
-/// Runs one node until `shutdown` completes: opens sled in `data_dir`, binds `listen`,
+/// Runs one node until `shutdown` completes: opens redb in `data_dir`, binds `listen`,
 /// serves the API and the peer RPCs, then drains open requests (for at most
 /// [`SHUTDOWN_GRACE`]) and stops the node.
 pub async fn run(
@@ -126,9 +126,9 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServerError::io(format!("cannot create data_dir {}", config.data_dir.display()), e)
     })?;
-    let backend = SledBackend::open(&config.data_dir).map_err(|e| ServerError::Storage {
+    let backend = RedbBackend::open(&config.data_dir).map_err(|e| ServerError::Storage {
         path: config.data_dir.display().to_string(),
-        reason: format!("{e} (is another node running on this data_dir?)"),
+        reason: e.to_string(),
     })?;
     let network = HttpNetwork::new(config.cluster_id.clone(), config.node_id)
         .map_err(|e| ServerError::Remote(format!("cannot build the peer HTTP client: {e}")))?;

@@ -1,25 +1,34 @@
 //! Storage backends: the small durable store the Raft glue is written against.
 //!
-//! The log store and state machine never touch sled directly; they use [`Backend`], so a
-//! second engine can be swapped in without touching the Raft glue. Two exist:
+//! The log store and state machine never touch a storage engine directly; they use
+//! [`Backend`], so engines can be swapped without touching the Raft glue. Three exist:
 //!
-//! - [`SledBackend`]: sled on disk, the production backend.
+//! - [`RedbBackend`]: redb in one file, the production backend. Its syncs are real
+//!   `fdatasync` calls, counted by [`RedbBackend::syncs`].
+//! - [`SledBackend`]: sled on disk, for the in-process test clusters. Its flush adds an
+//!   `fdatasync` of sled's files to sled's own flush (which only writes back the page
+//!   cache); a value large enough to become a sled blob is written to its own file,
+//!   which sled does not sync before the log names it, so sled is not the production
+//!   backend.
 //! - [`MemoryBackend`]: in memory, with a crash model: writes are pending until
 //!   [`Backend::flush`], and [`MemoryBackend::crash`] returns what a restarted node would
 //!   find on disk, losing exactly what was never flushed. Used by simulation tests.
 //!
-//! The durability contract, which both honour:
+//! The durability contract, which all honour:
 //! - `append`, `truncate_from`, `purge_upto` and `put_meta` are visible to reads at once
 //!   and durable after the next `flush` returns;
-//! - `put_meta_durable` and `save_snapshot` are durable when they return (and so is
-//!   everything written before them);
+//! - `flush`, `put_meta_durable` and `save_snapshot` return only once every earlier write
+//!   (and their own) is on stable storage: synced with `fdatasync`, not only handed to
+//!   the kernel;
 //! - `save_snapshot` replaces the previous snapshot atomically: a crash leaves either the
 //!   old one or the new one, whole.
 
 mod memory;
+mod redb_backend;
 mod sled_backend;
 
 pub use memory::MemoryBackend;
+pub use redb_backend::RedbBackend;
 pub use sled_backend::SledBackend;
 
 /// A storage failure: the node cannot go on safely.

@@ -2,9 +2,15 @@
 //!
 //! Three trees: `log` (big-endian index -> entry bytes, so iteration is in index order),
 //! `meta` (vote, committed, last purged) and `snapshot` (`meta` and `data`, replaced
-//! together in one atomic batch). `flush` is sled's flush, an fsync of its log.
+//! together in one atomic batch). `flush` is sled's flush, which writes its log buffers
+//! back with `sync_file_range` (that neither empties the disk's write cache nor records
+//! the file's size), followed by our own `fdatasync` of sled's log file and of every blob
+//! file it wrote since, then of the blob directory when its listing changed.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use sled::{Batch, Db, Tree};
 
@@ -16,6 +22,11 @@ pub struct SledBackend {
     log: Tree,
     meta: Tree,
     snapshot: Tree,
+    /// sled's log file, opened for `fdatasync`.
+    log_file: File,
+    /// sled's blob directory and the blob files already synced.
+    blobs: PathBuf,
+    synced_blobs: Mutex<BTreeSet<PathBuf>>,
 }
 
 impl SledBackend {
@@ -27,7 +38,34 @@ impl SledBackend {
             meta: db.open_tree("meta")?,
             snapshot: db.open_tree("snapshot")?,
             db,
+            log_file: File::open(dir.join("db"))?,
+            blobs: dir.join("blobs"),
+            synced_blobs: Mutex::default(),
         })
+    }
+
+    /// sled's flush, then an `fdatasync` of the files it wrote.
+    fn sync(&self) -> BackendResult<()> {
+        self.db.flush()?;
+        self.log_file.sync_data()?;
+        let listed = std::fs::read_dir(&self.blobs)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner());
+        if listed == *synced {
+            return Ok(());
+        }
+        for path in listed.difference(&synced) {
+            match File::open(path) {
+                Ok(file) => file.sync_data()?,
+                // sled removed it meanwhile; the directory sync below records that.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        File::open(&self.blobs)?.sync_all()?;
+        *synced = listed;
+        Ok(())
     }
 }
 
@@ -53,8 +91,7 @@ impl Backend for SledBackend {
 
     fn put_meta_durable(&self, key: &str, value: &[u8]) -> BackendResult<()> {
         self.meta.insert(key, value)?;
-        self.db.flush()?;
-        Ok(())
+        self.sync()
     }
 
     fn append(&self, entries: &[RawEntry]) -> BackendResult<()> {
@@ -67,8 +104,7 @@ impl Backend for SledBackend {
     }
 
     fn flush(&self) -> BackendResult<()> {
-        self.db.flush()?;
-        Ok(())
+        self.sync()
     }
 
     fn entries(&self, from: u64, to: u64) -> BackendResult<Vec<RawEntry>> {
@@ -110,8 +146,7 @@ impl Backend for SledBackend {
         batch.insert("meta", meta);
         batch.insert("data", data);
         self.snapshot.apply_batch(batch)?;
-        self.db.flush()?;
-        Ok(())
+        self.sync()
     }
 
     fn load_snapshot(&self) -> BackendResult<Option<(Vec<u8>, Vec<u8>)>> {
