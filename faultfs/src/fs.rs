@@ -37,6 +37,35 @@ pub struct State {
     volatile: HashMap<u64, Volatile>,
     handles: HashMap<u64, File>,
     next_handle: u64,
+    disk: Disk,
+    stats: Stats,
+}
+
+/// How the disk treats `fsync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disk {
+    /// `fsync` and `fdatasync` make a file's data durable.
+    Honest,
+    /// `fsync` and `fdatasync` succeed and make nothing durable, as a disk whose write
+    /// cache ignores flushes: a cut drops every write since the mount.
+    IgnoresSync,
+}
+
+/// What the file system has seen since it was mounted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Writes.
+    pub writes: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Calls of `fsync` or `fdatasync` on files.
+    pub syncs: u64,
+    /// Cuts.
+    pub cuts: u64,
+    /// Files whose unsynced data or size a cut dropped, summed over the cuts.
+    pub dropped_files: u64,
+    /// Bytes of unsynced pages the cuts dropped.
+    pub dropped_bytes: u64,
 }
 
 /// What a cut dropped.
@@ -49,8 +78,8 @@ pub struct Dropped {
 }
 
 impl State {
-    /// A file system over `backing`.
-    pub fn new(backing: PathBuf) -> State {
+    /// A file system over `backing` on `disk`.
+    pub fn new(backing: PathBuf, disk: Disk) -> State {
         let root = PathBuf::new();
         State {
             backing,
@@ -60,17 +89,24 @@ impl State {
             volatile: HashMap::new(),
             handles: HashMap::new(),
             next_handle: 1,
+            disk,
+            stats: Stats::default(),
         }
     }
 
     /// Forgets every unsynced change: the power cut.
     pub fn cut(&mut self) -> Dropped {
-        let dropped = Dropped {
-            files: self.volatile.len(),
-            bytes: self.volatile.values().map(Volatile::held).sum(),
-        };
+        let dropped = self.unsynced();
         self.volatile.clear();
+        self.stats.cuts += 1;
+        self.stats.dropped_files += dropped.files as u64;
+        self.stats.dropped_bytes += dropped.bytes;
         dropped
+    }
+
+    /// What it has seen.
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     /// What a cut would drop now.
@@ -209,10 +245,17 @@ impl State {
         let file = self.handles.get(&fh.0).ok_or(Errno::EBADF)?;
         let len = file.metadata()?.len();
         let volatile = self.volatile.entry(ino.0).or_insert_with(|| Volatile::new(len));
-        Ok(volatile.write(file, offset, data)?)
+        volatile.write(file, offset, data)?;
+        self.stats.writes += 1;
+        self.stats.bytes_written += data.len() as u64;
+        Ok(())
     }
 
     fn fsync(&mut self, ino: INodeNo, fh: FileHandle) -> Result<(), Errno> {
+        self.stats.syncs += 1;
+        if self.disk == Disk::IgnoresSync {
+            return Ok(());
+        }
         if let Some(volatile) = self.volatile.get(&ino.0) {
             volatile.apply(self.handle(fh)?)?;
             self.volatile.remove(&ino.0);

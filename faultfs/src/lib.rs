@@ -12,7 +12,8 @@
 //! directory, as on a file system that commits its metadata synchronously. So a rename
 //! is atomic, and a file renamed into place before its data was synced is found, after a
 //! cut, with the data it had at its last sync. Hard links, symlinks, extended attributes
-//! and `fallocate` are not offered.
+//! and `fallocate` are not offered. A disk that ignores syncs ([`Disk::IgnoresSync`])
+//! is there to show that a test of durability catches a loss.
 //!
 //! A cut models the machine losing power, so whatever uses the file system must be gone
 //! first: SIGKILL the processes, then cut, then start them again. [`Mount::new`] mounts
@@ -29,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use fuser::{BackgroundSession, Config, MountOption};
 
-pub use fs::Dropped;
+pub use fs::{Disk, Dropped, Stats};
 use fs::{FaultFs, State};
 
 /// A mounted fault file system.
@@ -71,11 +72,16 @@ fn on_path(name: &str) -> bool {
 
 impl Mount {
     /// Mounts a fault file system over `backing` (a directory, which must exist) at
-    /// `mountpoint` (an empty directory, which must exist).
+    /// `mountpoint` (an empty directory, which must exist), on an honest disk.
     pub fn new(backing: &Path, mountpoint: &Path) -> io::Result<Mount> {
+        Mount::on(backing, mountpoint, Disk::Honest)
+    }
+
+    /// [`Mount::new`] on `disk`.
+    pub fn on(backing: &Path, mountpoint: &Path, disk: Disk) -> io::Result<Mount> {
         check_support().map_err(io::Error::other)?;
         let backing = backing.canonicalize()?;
-        let state = Arc::new(Mutex::new(State::new(backing.clone())));
+        let state = Arc::new(Mutex::new(State::new(backing.clone(), disk)));
         let mut config = Config::default();
         config.mount_options =
             vec![MountOption::FSName("lsm-faultfs".into()), MountOption::DefaultPermissions];
@@ -95,6 +101,11 @@ impl Mount {
     /// What a cut would drop now.
     pub fn unsynced(&self) -> Dropped {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).unsynced()
+    }
+
+    /// What the file system has seen since it was mounted.
+    pub fn stats(&self) -> Stats {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stats()
     }
 
     /// The backing directory (its durable image).

@@ -9,7 +9,7 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
-use lsm_faultfs::Mount;
+use lsm_faultfs::{Disk, Mount};
 
 /// A mount over a fresh backing directory, and its directories.
 struct Fixture {
@@ -20,11 +20,15 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::on(Disk::Honest)
+    }
+
+    fn on(disk: Disk) -> Fixture {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (backing, at) = (dir.path().join("backing"), dir.path().join("mnt"));
         fs::create_dir(&backing).expect("the backing directory");
         fs::create_dir(&at).expect("the mount point");
-        let mount = Mount::new(&backing, &at).unwrap_or_else(|e| panic!("cannot mount: {e}"));
+        let mount = Mount::on(&backing, &at, disk).unwrap_or_else(|e| panic!("cannot mount: {e}"));
         Fixture { mount: Some(mount), _dir: dir, at }
     }
 
@@ -187,4 +191,18 @@ fn appends_after_a_sync_are_cut_back_to_the_synced_length() {
     let kept = fs::read_to_string(fx.path("wal")).unwrap();
     let expected: String = (0..50).map(|i| format!("entry {i}\n")).collect();
     assert_eq!(kept, expected);
+}
+
+#[test]
+fn a_disk_that_ignores_syncs_loses_synced_writes_and_the_stats_count_them() {
+    let fx = Fixture::on(Disk::IgnoresSync);
+    write_file(&fx.path("a"), b"believed durable", true);
+    File::open(fx.path("a")).unwrap().sync_all().unwrap();
+    let stats = fx.mount().stats();
+    assert_eq!((stats.writes, stats.bytes_written, stats.syncs), (1, 16, 2));
+    let dropped = fx.mount().cut();
+    assert_eq!(dropped.files, 1);
+    assert_eq!(fs::read(fx.path("a")).unwrap(), b"");
+    let stats = fx.mount().stats();
+    assert_eq!((stats.cuts, stats.dropped_files, stats.dropped_bytes), (1, 1, 4096));
 }
