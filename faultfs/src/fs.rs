@@ -286,6 +286,20 @@ impl State {
         Ok((self.getattr(attr.ino)?, fh))
     }
 
+    /// Removes the entry `name` of `parent` from the backing directory with `remove`
+    /// (a file or a directory), and forgets its path.
+    fn remove(
+        &mut self,
+        parent: INodeNo,
+        name: &OsStr,
+        remove: fn(PathBuf) -> io::Result<()>,
+    ) -> Result<(), Errno> {
+        let relative = self.child(parent, name)?;
+        remove(self.backing.join(&relative))?;
+        self.forget_path(&relative);
+        Ok(())
+    }
+
     fn rename(
         &mut self,
         parent: INodeNo,
@@ -414,26 +428,14 @@ impl Filesystem for FaultFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut state = self.state();
-        let removed = state.child(parent, name).and_then(|relative| {
-            fs::remove_file(state.backing.join(&relative))?;
-            state.forget_path(&relative);
-            Ok(())
-        });
-        match removed {
+        match self.state().remove(parent, name, fs::remove_file) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut state = self.state();
-        let removed = state.child(parent, name).and_then(|relative| {
-            fs::remove_dir(state.backing.join(&relative))?;
-            state.forget_path(&relative);
-            Ok(())
-        });
-        match removed {
+        match self.state().remove(parent, name, fs::remove_dir) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
