@@ -22,6 +22,7 @@ use fuser::{
 };
 use nix::libc;
 
+use crate::trap::Trap;
 use crate::volatile::Volatile;
 
 /// How long the kernel may cache an answer: not at all.
@@ -352,12 +353,13 @@ impl State {
 #[derive(Debug)]
 pub struct FaultFs {
     state: Arc<Mutex<State>>,
+    trap: Arc<Trap>,
 }
 
 impl FaultFs {
-    /// The file system of `state`.
-    pub fn new(state: Arc<Mutex<State>>) -> FaultFs {
-        FaultFs { state }
+    /// The file system of `state`, its syncs watched by `trap`.
+    pub fn new(state: Arc<Mutex<State>>, trap: Arc<Trap>) -> FaultFs {
+        FaultFs { state, trap }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -556,6 +558,11 @@ impl Filesystem for FaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if self.trap.hold() {
+            // Released by a cut: the caller is gone, and nothing was synced.
+            reply.error(Errno::EIO);
+            return;
+        }
         match self.state().fsync(ino, fh) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

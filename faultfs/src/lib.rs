@@ -15,6 +15,10 @@
 //! and `fallocate` are not offered. A disk that ignores syncs ([`Disk::IgnoresSync`])
 //! is there to show that a test of durability catches a loss.
 //!
+//! A cut can be timed to the worst moment: [`Mount::trap_next_sync`] holds the next
+//! sync of a file, so the cut comes after a process wrote and before its data is
+//! durable.
+//!
 //! A cut models the machine losing power, so whatever uses the file system must be gone
 //! first: SIGKILL the processes, then cut, then start them again. [`Mount::new`] mounts
 //! (as root directly through `/dev/fuse`, otherwise through `fusermount3`); dropping the
@@ -22,21 +26,25 @@
 //! available.
 
 mod fs;
+mod trap;
 mod volatile;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption};
 
 pub use fs::{Disk, Dropped, Stats};
 use fs::{FaultFs, State};
+use trap::Trap;
 
 /// A mounted fault file system.
 #[derive(Debug)]
 pub struct Mount {
     state: Arc<Mutex<State>>,
+    trap: Arc<Trap>,
     session: Option<BackgroundSession>,
     backing: PathBuf,
     mountpoint: PathBuf,
@@ -85,17 +93,31 @@ impl Mount {
         let mut config = Config::default();
         config.mount_options =
             vec![MountOption::FSName("lsm-faultfs".into()), MountOption::DefaultPermissions];
-        let session = fuser::spawn_mount(FaultFs::new(state.clone()), mountpoint, &config)
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot mount on {}: {e}", mountpoint.display()))
-            })?;
-        Ok(Mount { state, session: Some(session), backing, mountpoint: mountpoint.to_path_buf() })
+        let trap = Arc::new(Trap::default());
+        let fs = FaultFs::new(state.clone(), trap.clone());
+        let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot mount on {}: {e}", mountpoint.display()))
+        })?;
+        let mountpoint = mountpoint.to_path_buf();
+        Ok(Mount { state, trap, session: Some(session), backing, mountpoint })
     }
 
     /// Cuts the power: everything not synced is gone. Kill every process that uses the
-    /// file system first.
+    /// file system first. A sync held by the trap is let go, and fails.
     pub fn cut(&self) -> Dropped {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).cut()
+        let dropped = self.state.lock().unwrap_or_else(|p| p.into_inner()).cut();
+        self.trap.release();
+        dropped
+    }
+
+    /// Arms a trap on the next `fsync` or `fdatasync` of a file: it syncs nothing and
+    /// does not return until the next [`Mount::cut`], and then fails. True if a sync is
+    /// caught within `within`: then SIGKILL the processes (without waiting for them, for
+    /// the one in the held sync ends only after the cut), cut, and reap them. False if
+    /// none came; the trap stays armed until the next cut.
+    pub fn trap_next_sync(&self, within: Duration) -> bool {
+        self.trap.arm();
+        self.trap.wait_caught(within)
     }
 
     /// What a cut would drop now.
@@ -122,6 +144,7 @@ impl Mount {
 impl Drop for Mount {
     /// Unmounts and waits for the file system's thread.
     fn drop(&mut self) {
+        self.trap.release();
         if let Some(session) = self.session.take()
             && let Err(e) = session.umount_and_join()
         {

@@ -8,6 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use lsm_faultfs::{Disk, Mount};
 
@@ -205,4 +206,33 @@ fn a_disk_that_ignores_syncs_loses_synced_writes_and_the_stats_count_them() {
     assert_eq!(fs::read(fx.path("a")).unwrap(), b"");
     let stats = fx.mount().stats();
     assert_eq!((stats.cuts, stats.dropped_files, stats.dropped_bytes), (1, 1, 4096));
+}
+
+#[test]
+fn a_trapped_sync_holds_until_the_cut_then_fails_and_its_write_is_gone() {
+    let fx = Fixture::new();
+    write_file(&fx.path("wal"), b"synced ", true);
+    let path = fx.path("wal");
+    let writer = std::thread::spawn(move || {
+        let mut wal = OpenOptions::new().append(true).open(path).unwrap();
+        wal.write_all(b"in flight").unwrap();
+        wal.sync_data()
+    });
+    assert!(fx.mount().trap_next_sync(Duration::from_secs(10)), "the sync was not caught");
+    assert!(!writer.is_finished(), "the trapped sync returned before the cut");
+    let dropped = fx.mount().cut();
+    assert_eq!(dropped.files, 1);
+    let synced = writer.join().unwrap();
+    assert!(synced.is_err(), "a sync cut short reports an error: {synced:?}");
+    assert_eq!(fs::read(fx.path("wal")).unwrap(), b"synced ");
+}
+
+#[test]
+fn an_untriggered_trap_times_out_and_the_cut_disarms_it() {
+    let fx = Fixture::new();
+    assert!(!fx.mount().trap_next_sync(Duration::from_millis(100)));
+    fx.mount().cut();
+    write_file(&fx.path("a"), b"after", true);
+    fx.mount().cut();
+    assert_eq!(fs::read(fx.path("a")).unwrap(), b"after");
 }

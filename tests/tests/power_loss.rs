@@ -7,7 +7,9 @@
 //! renew and release under the cycling workload of the fault tests while the power is
 //! cut at seeded random moments, to all three nodes or to one or two of them: the nodes
 //! are killed with SIGKILL, their mounts drop what was not synced, and they start again
-//! from what is left. After every cut a liveness probe must be served, and the history
+//! from what is left. Each cut waits (up to 3 s) for one of its nodes to call `fsync`
+//! and comes while that call is held, after the node wrote and before its data is
+//! durable ([`Mount::trap_next_sync`]). After every cut a liveness probe must be served, and the history
 //! so far is checked, so a run stops at its first violation. At the end every property
 //! of `lsm_check` holds on the whole history (acknowledged checkouts stay live while
 //! held, no request makes two checkouts, fences are unique and only grow), every node
@@ -38,6 +40,7 @@ use lsm_tests::workload::{
     snapshot,
 };
 use lsm_tests::{Options, ProcCluster, SETTLE, cluster_alone, nemesis};
+use nix::sys::signal::Signal;
 use rand::SeedableRng as _;
 use rand::seq::IndexedRandom as _;
 use rand_chacha::ChaCha8Rng;
@@ -46,6 +49,9 @@ use tokio::time::Instant;
 /// The lease of the workload's checkouts: far above the time the cluster is down in a
 /// cut of all three nodes.
 const TTL: Duration = Duration::from_secs(8);
+
+/// How long a cut waits for the trapped node to sync.
+const TRAP_WAIT: Duration = Duration::from_secs(3);
 
 /// After a cut, the cluster must have a leader and serve a probe within this.
 const LIVENESS: Duration = Duration::from_secs(30);
@@ -88,17 +94,27 @@ impl PoweredCluster {
         PoweredCluster { cluster, mounts }
     }
 
-    /// Cuts the power of `ids`: kills them, drops what their disks had not synced, and
-    /// starts them again. The bytes dropped.
-    async fn cut(&mut self, ids: &[u64]) -> u64 {
+    /// Cuts the power of `ids`, at the moment node `trap` (one of them, if any) next
+    /// waits for a sync, if one comes within [`TRAP_WAIT`]: SIGKILLs them, drops what
+    /// their disks had not synced, reaps them, and starts them again. Whether the trap
+    /// caught a sync, and the bytes dropped.
+    async fn cut(&mut self, ids: &[u64], trap: Option<u64>) -> (bool, u64) {
+        let wait = |id| tokio::task::block_in_place(|| self.mounts[&id].trap_next_sync(TRAP_WAIT));
+        let caught = trap.is_some_and(wait);
+        for &id in ids {
+            self.cluster.signal(id, Signal::SIGKILL);
+        }
+        // The cut lets a trapped sync fail, so its process can end; whatever a dying
+        // process still wrote after the cut goes with the second one.
+        let mut dropped = ids.iter().map(|id| self.mounts[id].cut().bytes).sum();
         for &id in ids {
             self.cluster.kill(id);
         }
-        let dropped = ids.iter().map(|id| self.mounts[id].cut().bytes).sum();
+        dropped += ids.iter().map(|id| self.mounts[id].cut().bytes).sum::<u64>();
         for &id in ids {
             self.cluster.restart(id).await;
         }
-        dropped
+        (caught, dropped)
     }
 
     /// What each node's file system has seen.
@@ -164,7 +180,7 @@ async fn power_loss_of_one_two_or_all_nodes_loses_no_acknowledged_checkout() {
     let ids = powered.cluster.kit().ids();
     let mut by_size: BTreeMap<usize, u64> = BTreeMap::new();
     let mut by_node: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut dropped = 0;
+    let (mut dropped, mut trapped) = (0, 0);
     for cut in 1..=cuts {
         tokio::time::sleep(between(&mut rng, Duration::from_millis(200), Duration::from_secs(2)))
             .await;
@@ -172,7 +188,10 @@ async fn power_loss_of_one_two_or_all_nodes_loses_no_acknowledged_checkout() {
         let mut victims: Vec<u64> = ids.choose_multiple(&mut rng, size).copied().collect();
         victims.sort_unstable();
         history.record(Event::Fault { what: format!("power cut {cut} of nodes {victims:?}") });
-        dropped += powered.cut(&victims).await;
+        let trap = victims.choose(&mut rng).copied();
+        let (caught, bytes) = powered.cut(&victims, trap).await;
+        trapped += u64::from(caught);
+        dropped += bytes;
         history.record(Event::Heal { what: format!("power back on nodes {victims:?}") });
         *by_size.entry(size).or_default() += 1;
         for id in &victims {
@@ -188,7 +207,10 @@ async fn power_loss_of_one_two_or_all_nodes_loses_no_acknowledged_checkout() {
         );
     }
     observer.stop().await;
-    println!("{cuts} power cuts (by nodes cut: {by_size:?}), {dropped} unsynced bytes dropped");
+    println!(
+        "{cuts} power cuts (by nodes cut: {by_size:?}), {trapped} during a sync, \
+         {dropped} unsynced bytes dropped"
+    );
 
     workload.stop(Duration::from_secs(60)).await;
     let started = Instant::now();
@@ -215,11 +237,12 @@ async fn power_loss_of_one_two_or_all_nodes_loses_no_acknowledged_checkout() {
     assert!(report.ok(), "LSM_POWER_SEED={seed}: {report}the history is in {}", path.display());
     assert!(report.count("granted") > 0, "{report}");
     assert_eq!(by_size.values().sum::<u64>(), cuts);
+    assert!(trapped > 0, "no cut came during a sync");
     // The nodes' data went through the fault file systems, synced.
     for (id, stats) in powered.stats() {
         println!("node {id}'s disk: {stats:?}");
         assert!(stats.writes > 0 && stats.syncs > 0, "node {id} wrote past its disk: {stats:?}");
-        assert_eq!(stats.cuts, by_node[&id], "node {id}'s cuts");
+        assert_eq!(stats.cuts, 2 * by_node[&id], "node {id}'s cuts, two each");
     }
 }
 
@@ -242,7 +265,7 @@ async fn power_loss_on_disks_that_ignore_syncs_is_caught_by_the_checks() {
 
     let ids = powered.cluster.kit().ids();
     history.record(Event::Fault { what: format!("power cut of nodes {ids:?}") });
-    let dropped = powered.cut(&ids).await;
+    let (_, dropped) = powered.cut(&ids, None).await;
     history.record(Event::Heal { what: format!("power back on nodes {ids:?}") });
     assert!(dropped > 0, "the cut dropped nothing");
     powered.cluster.wait_for_leader().await;
