@@ -179,7 +179,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let bytes = encode(&committed)?;
-        self.blocking(move |b| b.put_meta(COMMITTED, &bytes)).await.map_err(write_err)?;
+        self.backend.put_meta(COMMITTED, &bytes).map_err(write_err)?;
         let (tx, rx) = oneshot::channel();
         self.flushes.send(Waiter::Write(tx)).map_err(|_| flusher_stopped())?;
         rx.await.map_err(|_| flusher_stopped())?.map_err(|e| write_err(BackendError(e)))?;
@@ -204,7 +204,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|entry| Ok((entry.log_id.index, encode(&entry)?)))
             .collect::<Result<Vec<_>, StorageError>>()?;
-        self.blocking(move |b| b.append(&raw)).await.map_err(write_err)?;
+        self.backend.append(&raw).map_err(write_err)?;
         self.flushes.send(Waiter::Append(callback)).map_err(|_| flusher_stopped())
     }
 
