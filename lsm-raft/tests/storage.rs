@@ -14,29 +14,15 @@ use lsm_raft::types::{StorageError, TypeConfig};
 use openraft::storage::RaftLogStorage;
 use openraft::testing::{StoreBuilder, Suite};
 
-struct Sled;
+/// A backend in a fresh temporary directory, opened by the given function.
+struct OnDisk(fn(&std::path::Path) -> Arc<dyn Backend>);
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Sled {
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for OnDisk {
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let backend: Arc<dyn Backend> =
-            Arc::new(SledBackend::open(dir.path()).expect("sled opens"));
-        let sm = StateMachineStore::open(backend.clone(), Limits::default())?;
-        Ok((dir, LogStore::new(backend), sm))
-    }
-}
-
-struct Redb;
-
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Redb {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let backend: Arc<dyn Backend> =
-            Arc::new(RedbBackend::open(dir.path()).expect("redb opens"));
+        let backend = (self.0)(dir.path());
         let sm = StateMachineStore::open(backend.clone(), Limits::default())?;
         Ok((dir, LogStore::new(backend), sm))
     }
@@ -54,12 +40,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for Memory {
 
 #[test]
 fn openraft_suite_passes_on_sled() -> Result<(), StorageError> {
-    Suite::test_all(Sled)
+    Suite::test_all(OnDisk(|dir| Arc::new(SledBackend::open(dir).expect("sled opens"))))
 }
 
 #[test]
 fn openraft_suite_passes_on_redb() -> Result<(), StorageError> {
-    Suite::test_all(Redb)
+    Suite::test_all(OnDisk(|dir| Arc::new(RedbBackend::open(dir).expect("redb opens"))))
 }
 
 #[test]
