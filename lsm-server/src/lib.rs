@@ -11,7 +11,7 @@
 //! - [`config`]: the TOML file, `LSM_` variables and flags, and their validation;
 //!   [`dial`]: reaching peers at another address than their membership one;
 //! - [`server`]: [`Server::start`] (everything from outside injected, so a simulation can
-//!   run the real server) and [`run`] (sled, HTTP peers, the system clock, a TCP socket);
+//!   run the real server) and [`run`] (redb, HTTP peers, the system clock, a TCP socket);
 //! - `routes/`: the handlers; `dispatch`: propose, read, forward; `extract`: bodies,
 //!   queries and ids with the API's errors; `forward`: the hop to the leader;
 //! - [`error`]: [`ServerError`] and the one mapping to HTTP errors; [`metrics`]:

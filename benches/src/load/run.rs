@@ -123,7 +123,7 @@ async fn cluster(
                 cluster.path().display()
             ));
             let addrs = cluster.addrs();
-            let description = "3 lsm-server processes started on loopback, sled with fsync";
+            let description = "3 lsm-server processes started on loopback, redb with fdatasync";
             Ok((Some(cluster), addrs, description.to_string()))
         }
         Target::Servers { addrs, .. } => Ok((None, addrs.clone(), "given servers".to_string())),
