@@ -1,7 +1,7 @@
 //! An in-process cluster for tests and benchmarks.
 //!
 //! Several [`LsmNode`]s in one process, joined by a [`MemoryNetwork`] that can partition,
-//! cut one way, drop and delay messages, with storage on sled in temporary directories or
+//! cut one way, drop and delay messages, with storage on redb in temporary directories or
 //! on crash-model [`MemoryBackend`]s. Nodes can be crashed and restarted from what their
 //! storage kept. Leases run on one shared [`ManualClock`] that the test moves.
 
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lsm_core::{Command, Limits, Output, Request};
 
-use crate::backend::{Backend, MemoryBackend, SledBackend};
+use crate::backend::{Backend, MemoryBackend, RedbBackend};
 use crate::clock::ManualClock;
 use crate::error::Error;
 use crate::network::memory::MemoryNetwork;
@@ -21,14 +21,14 @@ use crate::types::NodeId;
 /// Where a test cluster keeps its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Storage {
-    /// sled in a temporary directory per node, fsync on.
-    Sled,
+    /// redb in a temporary directory per node, every flush synced.
+    Redb,
     /// In memory, with the crash model.
     Memory,
 }
 
 enum Disk {
-    Sled(tempfile::TempDir),
+    Redb(tempfile::TempDir),
     Memory(Arc<MemoryBackend>),
 }
 
@@ -88,17 +88,17 @@ impl Cluster {
     pub async fn boot(&mut self, id: NodeId) -> Result<(), Error> {
         let backend: Arc<dyn Backend> = match self.disks.get(&id) {
             Some(Disk::Memory(disk)) => disk.clone(),
-            Some(Disk::Sled(dir)) => Arc::new(open_sled(dir.path()).await?),
+            Some(Disk::Redb(dir)) => Arc::new(open_redb(dir.path()).await?),
             None => match self.storage {
                 Storage::Memory => {
                     let disk = Arc::new(MemoryBackend::new());
                     self.disks.insert(id, Disk::Memory(disk.clone()));
                     disk
                 }
-                Storage::Sled => {
+                Storage::Redb => {
                     let dir = tempfile::tempdir().map_err(|e| Error::Storage(e.to_string()))?;
-                    let backend = Arc::new(open_sled(dir.path()).await?);
-                    self.disks.insert(id, Disk::Sled(dir));
+                    let backend = Arc::new(open_redb(dir.path()).await?);
+                    self.disks.insert(id, Disk::Redb(dir));
                     backend
                 }
             },
@@ -240,11 +240,11 @@ impl Cluster {
     }
 }
 
-/// Opens sled, retrying briefly while a just-stopped node still holds the files.
-async fn open_sled(dir: &std::path::Path) -> Result<SledBackend, Error> {
+/// Opens redb, retrying briefly while a just-stopped node still holds the file.
+async fn open_redb(dir: &std::path::Path) -> Result<RedbBackend, Error> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match SledBackend::open(dir) {
+        match RedbBackend::open(dir) {
             Ok(backend) => return Ok(backend),
             Err(error) if Instant::now() > deadline => {
                 return Err(Error::Storage(error.to_string()));

@@ -2,7 +2,7 @@
 //!
 //! [`node::LsmNode`] is a running node: openraft 0.9 (storage v2) over a
 //! [`log_store::LogStore`] and a [`state_machine::StateMachineStore`], both written
-//! against the small [`backend::Backend`] trait (sled on disk, or in memory with a crash
+//! against the small [`backend::Backend`] trait (redb on disk, or in memory with a crash
 //! model). Writes are batched into log entries, stamped with the leader's
 //! [`clock::Clock`], replicated, and answered with the state machine's output. Peers talk
 //! through [`network`]: HTTP with postcard bodies, or an in-memory network with faults for

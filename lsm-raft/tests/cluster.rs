@@ -118,7 +118,7 @@ fn assert_all_equal(hashes: &BTreeMap<u64, String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_elects_a_leader_and_replicates_every_command() {
-    let (mut cluster, _) = cluster(Storage::Sled, 1).await;
+    let (mut cluster, _) = cluster(Storage::Redb, 1).await;
     let mut job = Client::new("job");
     for _ in 0..5 {
         granted(&cluster.request(2, job.next(checkout(3, 30_000))).await.unwrap());
@@ -152,7 +152,7 @@ async fn a_follower_answers_a_write_with_the_leaders_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_leader_loses_no_checkout_and_grants_nothing_twice() {
-    let (mut cluster, _) = cluster(Storage::Sled, 3).await;
+    let (mut cluster, _) = cluster(Storage::Redb, 3).await;
     let mut jobs: Vec<Client> = (0..6).map(|i| Client::new(&format!("job{i}"))).collect();
     let mut held = BTreeMap::new();
     for job in &mut jobs {
@@ -261,7 +261,7 @@ async fn a_minority_grants_nothing_while_the_majority_serves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_restarts_from_disk_with_nothing_lost() {
-    let (mut cluster, _) = cluster(Storage::Sled, 7).await;
+    let (mut cluster, _) = cluster(Storage::Redb, 7).await;
     let mut job = Client::new("job");
     let mut ids = BTreeSet::new();
     for _ in 0..20 {

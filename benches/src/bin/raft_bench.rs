@@ -1,6 +1,6 @@
 //! Throughput, latency and failover of a three-node in-process lsm cluster.
 //!
-//! Three `LsmNode`s in one process, each on its own sled database in a temporary
+//! Three `LsmNode`s in one process, each on its own redb database in a temporary
 //! directory with fsync on (every acknowledged write has been flushed on a majority),
 //! joined by the in-memory network. For each number of concurrent proposers, every
 //! proposer repeats checkout (1 to 4 tokens) then release against one feature through the
@@ -98,7 +98,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let mut cluster = Cluster::start(3, Storage::Sled, 1).await.map_err(|e| e.to_string())?;
+    let mut cluster = Cluster::start(3, Storage::Redb, 1).await.map_err(|e| e.to_string())?;
     let admin: ClientId = "admin".parse().expect("valid");
     let install = Op::Install(Install {
         entitlements: vec![Entitlement {
@@ -115,7 +115,7 @@ async fn run(args: Args) -> Result<(), String> {
     let timeout = Duration::from_secs(10);
     cluster.write(1, request(&admin, 1, install), timeout).await.map_err(|e| e.to_string())?;
 
-    println!("three nodes in one process, sled with fsync, in-memory network");
+    println!("three nodes in one process, redb with fdatasync, in-memory network");
     println!("proposers  pairs/s  checkout p50 ms  p99 ms  max ms");
     for (round, &count) in args.proposers.iter().enumerate() {
         let leader = cluster.wait_for_leader(timeout).await.map_err(|e| e.to_string())?;

@@ -1,7 +1,7 @@
 //! The three `lsm-server` processes `lsm_bench` starts, kills and restarts itself: an
 //! [`lsm_server::kit::Cluster`] in a temporary directory, with the bench's bookkeeping.
 //!
-//! The nodes keep their data in sled (every write is flushed before it is acknowledged),
+//! The nodes keep their data in redb (every write is synced before it is acknowledged),
 //! listen on free loopback ports and have the bench license as their license file. What
 //! the bench adds to the kit is the CPU ticks of every process it kills (the run's CPU
 //! account counts them) and the choice to keep the directory. Every node is killed

@@ -1,15 +1,10 @@
 //! Storage backends: the small durable store the Raft glue is written against.
 //!
 //! The log store and state machine never touch a storage engine directly; they use
-//! [`Backend`], so engines can be swapped without touching the Raft glue. Three exist:
+//! [`Backend`], so engines can be swapped without touching the Raft glue. Two exist:
 //!
-//! - [`RedbBackend`]: redb in one file, the production backend. Its syncs are real
-//!   `fdatasync` calls, counted by [`RedbBackend::syncs`].
-//! - [`SledBackend`]: sled on disk, for the in-process test clusters. Its flush adds an
-//!   `fdatasync` of sled's files to sled's own flush (which only writes back the page
-//!   cache); a value large enough to become a sled blob is written to its own file,
-//!   which sled does not sync before the log names it, so sled is not the production
-//!   backend.
+//! - [`RedbBackend`]: redb in one file, on disk: the server's and the in-process test
+//!   clusters'. Its syncs are real `fdatasync` calls, counted by [`RedbBackend::syncs`].
 //! - [`MemoryBackend`]: in memory, with a crash model: writes are pending until
 //!   [`Backend::flush`], and [`MemoryBackend::crash`] returns what a restarted node would
 //!   find on disk, losing exactly what was never flushed. Used by simulation tests.
@@ -25,22 +20,14 @@
 
 mod memory;
 mod redb_backend;
-mod sled_backend;
 
 pub use memory::MemoryBackend;
 pub use redb_backend::RedbBackend;
-pub use sled_backend::SledBackend;
 
 /// A storage failure: the node cannot go on safely.
 #[derive(Debug, thiserror::Error)]
 #[error("storage: {0}")]
 pub struct BackendError(pub String);
-
-impl From<sled::Error> for BackendError {
-    fn from(e: sled::Error) -> Self {
-        BackendError(e.to_string())
-    }
-}
 
 /// Result of a backend call.
 pub type BackendResult<T> = Result<T, BackendError>;
