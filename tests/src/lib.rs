@@ -499,3 +499,19 @@ pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
 pub async fn cluster_alone() -> tokio::sync::SemaphorePermit<'static> {
     CLUSTER_SLOTS.acquire_many(SLOTS).await.expect("the semaphore is never closed")
 }
+
+/// The environment variable `name` as a number, if set; a value that is not one panics
+/// with the variable's name, so a long-mode run never silently falls back to CI mode.
+pub fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(value.parse().unwrap_or_else(|_| panic!("{name}={value:?} is not a number")))
+}
+
+/// The seed in the environment variable `name`, or one taken from the clock (the test
+/// prints it, so the run can be replayed).
+pub fn env_seed(name: &str) -> u64 {
+    env_u64(name).unwrap_or_else(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.map_or(0, |t| t.as_nanos() as u64)
+    })
+}

@@ -26,7 +26,7 @@ use lsm_tests::proxy::Mode;
 use lsm_tests::workload::{
     Actor, Job, Observer, SOLVER_LICENSE, Workload, WorkloadConfig, client_config, snapshot,
 };
-use lsm_tests::{Options, ProcCluster, SETTLE, cluster_alone, cluster_slot};
+use lsm_tests::{Options, ProcCluster, SETTLE, cluster_alone, cluster_slot, env_seed, env_u64};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
@@ -689,11 +689,6 @@ async fn wait_for_async(cluster: &ProcCluster, what: &str, mut check: impl Async
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(value.parse().unwrap_or_else(|_| panic!("{name}={value:?} is not a number")))
-}
-
 /// Many clients in three groups, and faults of every kind one after another for
 /// `LSM_FAULT_SECONDS` (60 by default), seeded by `LSM_FAULT_SEED`; then every property
 /// is checked on the whole history, every node must agree, and nothing may be left held.
@@ -701,10 +696,7 @@ fn env_u64(name: &str) -> Option<u64> {
 async fn randomized_faults_under_a_workload_keep_every_property() {
     let _alone = cluster_alone().await;
     let seconds = env_u64("LSM_FAULT_SECONDS").unwrap_or(60);
-    let seed = env_u64("LSM_FAULT_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-            as u64
-    });
+    let seed = env_seed("LSM_FAULT_SEED");
     let clients = env_u64("LSM_FAULT_CLIENTS").unwrap_or(6) as usize;
     println!(
         "randomized faults: LSM_FAULT_SEED={seed} LSM_FAULT_SECONDS={seconds} LSM_FAULT_CLIENTS={clients}"

@@ -39,7 +39,7 @@ use lsm_tests::workload::{
     Actor, Hold, Observer, SOLVER_LICENSE, Workload, WorkloadConfig, between, client_config,
     snapshot,
 };
-use lsm_tests::{Options, ProcCluster, SETTLE, cluster_alone, nemesis};
+use lsm_tests::{Options, ProcCluster, SETTLE, cluster_alone, env_seed, env_u64, nemesis};
 use nix::sys::signal::Signal;
 use rand::SeedableRng as _;
 use rand::seq::IndexedRandom as _;
@@ -145,11 +145,6 @@ impl Drop for PoweredCluster {
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(value.parse().unwrap_or_else(|_| panic!("{name}={value:?} is not a number")))
-}
-
 /// Power cuts at seeded random moments, each to one, two or all three nodes (all three
 /// in half of them), under a cycling workload; every property holds after every cut and
 /// on the whole history, and the nodes end in one state.
@@ -157,10 +152,7 @@ fn env_u64(name: &str) -> Option<u64> {
 async fn power_loss_of_one_two_or_all_nodes_loses_no_acknowledged_checkout() {
     let _alone = cluster_alone().await;
     let cuts = env_u64("LSM_POWER_CUTS").unwrap_or(30);
-    let seed = env_u64("LSM_POWER_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-            as u64
-    });
+    let seed = env_seed("LSM_POWER_SEED");
     println!("power loss: LSM_POWER_SEED={seed} LSM_POWER_CUTS={cuts}");
     let mut powered = PoweredCluster::start(Disk::Honest).await;
     let checks = checks(&powered.cluster).await;
