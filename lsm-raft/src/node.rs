@@ -50,6 +50,11 @@ pub struct Timing {
     /// wall clock reaches lease expiry only gradually (see [`crate::clock::Pace`]); 0
     /// stamps the wall clock as it reads.
     pub max_clock_drift_ppm: u64,
+    /// A new term's first timestamp is at most this far past the replicated clock, so a
+    /// node whose wall clock is far ahead moves cluster time by at most this much when it
+    /// wins an election (see [`crate::clock::Pace`]); a clamped start is logged as a
+    /// warning and counted in [`LsmNode::clock_status`].
+    pub max_term_start_step_ms: u64,
 }
 
 impl Default for Timing {
@@ -62,8 +67,19 @@ impl Default for Timing {
             keep_after_snapshot: 1_000,
             tick_poll_ms: 100,
             max_clock_drift_ppm: 50_000,
+            max_term_start_step_ms: 60_000,
         }
     }
+}
+
+/// See [`LsmNode::clock_status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockStatus {
+    /// Terms this node led whose first stamp was held to the step past replicated time.
+    pub clamped_term_starts: u64,
+    /// The wall clock minus the last stamp this node made as leader, in ms (0 before it
+    /// first leads).
+    pub skew_ms: i64,
 }
 
 /// What a node needs to start.
@@ -171,7 +187,10 @@ impl LsmNode {
             sm,
             log,
             clock,
-            pace: Pace::new(config.timing.max_clock_drift_ppm),
+            pace: Pace::new(
+                config.timing.max_clock_drift_ppm,
+                config.timing.max_term_start_step_ms,
+            ),
             announced_term: AtomicU64::new(0),
             announcing: Mutex::new(()),
             batches,
@@ -228,7 +247,28 @@ impl LsmNode {
         if !announcing && self.announced_term.load(Ordering::SeqCst) < term {
             return replicated;
         }
-        self.pace.stamp(term, self.clock.now_ms(), replicated)
+        let (stamp, clamped) = self.pace.stamp_checked(term, self.clock.now_ms(), replicated);
+        if let Some(c) = clamped {
+            tracing::warn!(
+                node = self.id,
+                term,
+                wall_ms = c.wall_ms,
+                replicated_ms = c.replicated_ms,
+                skew_ms = c.wall_ms - c.replicated_ms,
+                stamp_ms = c.stamp_ms,
+                "this leader's wall clock is far ahead of replicated time; the term starts at most raft.max_term_start_step_ms ahead of it"
+            );
+        }
+        stamp
+    }
+
+    /// This node's clock as its leader stamps with it: how many of its terms started
+    /// clamped to `max_term_start_step_ms`, and its wall clock's skew on its last stamp.
+    pub fn clock_status(&self) -> ClockStatus {
+        ClockStatus {
+            clamped_term_starts: self.pace.clamped_starts(),
+            skew_ms: self.pace.skew_ms(),
+        }
     }
 
     /// Proposes one batch as one log entry; one output per command.

@@ -120,6 +120,9 @@ pub struct RaftTiming {
     /// How far, in parts per million, the leader's timestamps may run faster or slower
     /// than its monotonic clock while they follow its wall clock (0: not paced).
     pub max_clock_drift_ppm: u64,
+    /// The most a new leader's first timestamp may be ahead of replicated time, however
+    /// far its wall clock is ahead; at least 1.
+    pub max_term_start_step_ms: u64,
 }
 
 /// What flags override, on top of the file and the environment.
@@ -173,6 +176,7 @@ impl Default for RaftTiming {
             keep_after_snapshot: t.keep_after_snapshot,
             tick_poll_ms: t.tick_poll_ms,
             max_clock_drift_ppm: t.max_clock_drift_ppm,
+            max_term_start_step_ms: t.max_term_start_step_ms,
         }
     }
 }
@@ -187,6 +191,7 @@ impl From<&RaftTiming> for Timing {
             keep_after_snapshot: t.keep_after_snapshot,
             tick_poll_ms: t.tick_poll_ms,
             max_clock_drift_ppm: t.max_clock_drift_ppm,
+            max_term_start_step_ms: t.max_term_start_step_ms,
         }
     }
 }
@@ -487,6 +492,12 @@ impl Config {
                     "{} is above {MAX_CLOCK_DRIFT_PPM}: leases would run out faster than clients renew them (their safety margin is a tenth of the TTL); 50000 is the default, 0 turns pacing off",
                     r.max_clock_drift_ppm
                 ),
+            );
+        }
+        if r.max_term_start_step_ms == 0 {
+            return bad(
+                "raft.max_term_start_step_ms",
+                "0 must be at least 1: it is how far a new leader may move cluster time past replicated time; 60000 is the default".into(),
             );
         }
         Ok(())

@@ -4,7 +4,7 @@
 //! route template and status class; denials by error code, counted on the node that
 //! answered the client), and gauges computed at scrape time from this node's local state
 //! and Raft status (tokens per feature and pool, checkouts, queue, term, leader, log
-//! indexes). Scrape-time gauges are cleared and refilled on every scrape, so a feature
+//! indexes, the leader clock's skew and clamped term starts). Scrape-time gauges are cleared and refilled on every scrape, so a feature
 //! that was removed from the license disappears from the output.
 
 use std::sync::Mutex;
@@ -69,6 +69,8 @@ pub struct Metrics {
     commit_index: Gauge,
     applied_index: Gauge,
     last_log_index: Gauge,
+    clamped_term_starts: Gauge,
+    clock_skew: Gauge,
     /// One scrape at a time: a scrape clears and refills the gauges.
     scrape: Mutex<()>,
 }
@@ -127,6 +129,14 @@ impl Metrics {
         let commit_index = gauge("raft_commit_index", "The last log index known committed");
         let applied_index = gauge("raft_applied_index", "The last log index applied");
         let last_log_index = gauge("raft_last_log_index", "The last index in the log");
+        let clamped_term_starts = gauge(
+            "clock_clamped_term_starts",
+            "Terms this node led, since it started, whose first timestamp was held to raft.max_term_start_step_ms past replicated time because its wall clock was further ahead",
+        );
+        let clock_skew = gauge(
+            "clock_skew_ms",
+            "This node's wall clock minus the last timestamp it stamped as leader, in ms; 0 before it first leads",
+        );
         Metrics {
             registry,
             requests,
@@ -147,6 +157,8 @@ impl Metrics {
             commit_index,
             applied_index,
             last_log_index,
+            clamped_term_starts,
+            clock_skew,
             scrape: Mutex::new(()),
         }
     }
@@ -199,6 +211,9 @@ impl Metrics {
         self.commit_index.set(int(status.commit_index.unwrap_or(0)));
         self.applied_index.set(int(status.applied_index.unwrap_or(0)));
         self.last_log_index.set(int(status.last_log_index.unwrap_or(0)));
+        let clock = node.clock_status();
+        self.clamped_term_starts.set(int(clock.clamped_term_starts));
+        self.clock_skew.set(clock.skew_ms);
         let mut text = String::new();
         encode(&mut text, &self.registry)?;
         Ok(text)

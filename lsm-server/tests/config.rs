@@ -288,6 +288,11 @@ fn validation_names_the_field_and_the_fix() {
             Box::new(|c| c.raft.max_clock_drift_ppm = 200_000),
             "200000 is above 90000: leases would run out",
         ),
+        (
+            "raft.max_term_start_step_ms",
+            Box::new(|c| c.raft.max_term_start_step_ms = 0),
+            "0 must be at least 1",
+        ),
         ("lease_ttl_ms", Box::new(|c| c.lease_ttl_ms = 10), "outside limits.min_lease_ttl_ms"),
         (
             "queue_poll_ttl_ms",

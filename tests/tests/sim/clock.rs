@@ -4,7 +4,8 @@
 //! simulated time in a [`SimTime`] after every step; the history stamps events with it.
 //! A node's wall clock ([`NodeClock`], the `lsm_raft::clock::Clock` its leader stamps
 //! commands with) reads a fixed epoch plus that time plus the node's skew. The fault
-//! schedule sets skews and makes the leader's clock jump, forwards and backwards; tokio's
+//! schedule sets skews, makes the leader's clock jump by seconds and any node's clock
+//! jump by days, forwards and backwards; tokio's
 //! monotonic clock, which client leases and Raft timers use, is never skewed.
 
 use std::sync::Arc;

@@ -11,7 +11,9 @@
 //!   stalls its connection until a timeout gives up on it);
 //! - a client is cut off from whichever node leads at that moment;
 //! - the leader's clock jumps backwards (up to seconds) or forwards (less than the
-//!   client's lease safety margin, see [`max_forward_jump_ms`]).
+//!   client's lease safety margin, see [`max_forward_jump_ms`]);
+//! - in full runs, any node's clock jumps by days, forwards or backwards
+//!   ([`day_jumps`]), so that a node whose clock is days ahead may win an election.
 //!
 //! Every node's clock also has a constant skew of up to ±3 s from the start.
 //!
@@ -98,6 +100,33 @@ pub enum Fault {
         /// The jump.
         delta_ms: i64,
     },
+    /// Node `node`'s clock jumps by `delta_ms` (forwards when positive), whether it leads
+    /// or not.
+    NodeJump {
+        /// Index into the nodes.
+        node: usize,
+        /// The jump.
+        delta_ms: i64,
+    },
+}
+
+/// A day in ms.
+pub const DAY_MS: u64 = 86_400_000;
+
+/// Draws one to three jumps of one to three days, forwards or backwards, on random nodes,
+/// starting in `[500, heal_ms)` after the clients start. The heal does not undo them: a
+/// clock that is days off stays so.
+pub fn day_jumps(rng: &mut ChaCha8Rng, heal_ms: u64) -> Vec<Scheduled> {
+    let count = rng.random_range(1..=3);
+    (0..count)
+        .map(|_| {
+            let at_ms = rng.random_range(500..heal_ms.max(501));
+            let node = rng.random_range(0..3);
+            let jump = rng.random_range(DAY_MS..=3 * DAY_MS) as i64;
+            let delta_ms = if rng.random_bool(0.5) { jump } else { -jump };
+            Scheduled { at_ms, fault: Fault::NodeJump { node, delta_ms } }
+        })
+        .collect()
 }
 
 /// A fault and when it starts, in ms after the clients start.
@@ -225,5 +254,25 @@ mod tests {
             }
             assert!(forward as u64 <= max_forward_jump_ms(3_000), "seed {seed}");
         }
+    }
+
+    #[test]
+    fn day_jumps_are_days_either_way_on_every_node() {
+        let mut nodes = BTreeSet::new();
+        let mut directions = BTreeSet::new();
+        for seed in 0..50 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let jumps = day_jumps(&mut rng, 6_000);
+            assert!((1..=3).contains(&jumps.len()), "seed {seed}");
+            for s in jumps {
+                assert!(s.at_ms >= 500 && s.at_ms < 6_000, "{s:?}");
+                let Fault::NodeJump { node, delta_ms } = s.fault else { panic!("{s:?}") };
+                assert!((DAY_MS..=3 * DAY_MS).contains(&delta_ms.unsigned_abs()), "{s:?}");
+                nodes.insert(node);
+                directions.insert(delta_ms > 0);
+            }
+        }
+        assert_eq!(nodes.len(), 3);
+        assert_eq!(directions.len(), 2);
     }
 }

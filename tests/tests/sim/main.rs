@@ -25,7 +25,10 @@
 //! - `LSM_SIM_SEEDS=5000` (and optionally `LSM_SIM_FIRST_SEED=N`): the long mode;
 //! - `LSM_SIM_SEED=N`: replays seed `N` (of both kinds) and prints its history;
 //! - `LSM_SIM_UNPACED=1`: turns off the pacing of the leader's clock
-//!   (`raft.max_clock_drift_ppm = 0`), to see the clock jumps expire leases early.
+//!   (`raft.max_clock_drift_ppm = 0`), to see the clock jumps expire leases early;
+//! - `LSM_SIM_UNBOUNDED=1`: lets a new term start from the leader's wall clock however
+//!   far ahead (`raft.max_term_start_step_ms` of a thousand years), to see the jumps of
+//!   days move cluster time.
 
 mod checks;
 mod clock;
@@ -57,6 +60,10 @@ fn env_u64(name: &str) -> Option<u64> {
 
 fn unpaced() -> bool {
     std::env::var("LSM_SIM_UNPACED").is_ok_and(|v| v == "1")
+}
+
+fn unbounded() -> bool {
+    std::env::var("LSM_SIM_UNBOUNDED").is_ok_and(|v| v == "1")
 }
 
 /// The command that replays `seed`.
@@ -92,7 +99,7 @@ fn failure(report: &Report, kind: Kind, all_history: bool) -> String {
 
 /// Runs one seed, turning a panic into a failure report.
 fn run_one(seed: u64, kind: Kind) -> Result<Report, String> {
-    let options = Options { seed, kind, unpaced: unpaced() };
+    let options = Options { seed, kind, unpaced: unpaced(), unbounded: unbounded() };
     match std::panic::catch_unwind(|| run::run(options)) {
         Ok(report) => Ok(report),
         Err(panic) => {

@@ -50,7 +50,13 @@ pub struct Options {
     pub kind: Kind,
     /// Nodes stamp commands with their wall clock as it reads, not paced.
     pub unpaced: bool,
+    /// A new term starts from the leader's wall clock however far ahead it is
+    /// (`raft.max_term_start_step_ms` of [`UNBOUNDED_STEP_MS`]).
+    pub unbounded: bool,
 }
+
+/// The term-start step of [`Options::unbounded`]: a thousand years.
+pub const UNBOUNDED_STEP_MS: u64 = 1_000 * 365 * faults::DAY_MS;
 
 /// What a run produced.
 pub struct Report {
@@ -96,7 +102,17 @@ pub fn run(options: Options) -> Report {
     let client_names: Vec<String> = (1..=clients).map(|i| format!("c{i}")).collect();
     let drift_ppm =
         if options.unpaced { 0 } else { lsm_raft::node::Timing::default().max_clock_drift_ppm };
-    let schedule = faults::schedule(&mut rng, fault_count, heal_ms, &client_names, lease_ttl_ms);
+    let mut schedule =
+        faults::schedule(&mut rng, fault_count, heal_ms, &client_names, lease_ttl_ms);
+    if full {
+        schedule.extend(faults::day_jumps(&mut rng, heal_ms));
+        schedule.sort_by_key(|s| s.at_ms);
+    }
+    let step_ms = if options.unbounded {
+        UNBOUNDED_STEP_MS
+    } else {
+        lsm_raft::node::Timing::default().max_term_start_step_ms
+    };
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -117,7 +133,7 @@ pub fn run(options: Options) -> Report {
         .map(|((id, name), skew)| NodeCtl::new(*id, name, time.clone(), *skew))
         .collect();
     for ctl in &nodes {
-        let config = world::node_config(ctl.id, snapshot_after, lease_ttl_ms, drift_ppm);
+        let config = world::node_config(ctl.id, snapshot_after, lease_ttl_ms, drift_ppm, step_ms);
         let ctl = ctl.clone();
         sim.host(ctl.name, move || world::node_main(ctl.clone(), config.clone()));
     }
@@ -226,6 +242,10 @@ pub fn run(options: Options) -> Report {
         }
     }
     let state_hash = driver.converge(&mut sim, &time);
+    let forward_ms = 3_000 + faults::max_forward_jump_ms(lease_ttl_ms);
+    // The promise is the default step's, also when the run lets the step go unbounded.
+    let promised_step_ms = lsm_raft::node::Timing::default().max_term_start_step_ms;
+    driver.check_cluster_time(&time, forward_ms, promised_step_ms, drift_ppm);
 
     let entries = history.entries();
     // The server's lease outlives the client's deadline by the safety margin, less what
@@ -322,6 +342,17 @@ impl Driver {
             .map(|(i, _)| i)
     }
 
+    /// Jumps node `node`'s clock by `delta_ms`; `who` starts the history's line.
+    fn jump(&self, node: usize, delta_ms: i64, who: &str) {
+        let ctl = &self.nodes[node];
+        ctl.clock.jump(delta_ms);
+        self.fault(format!(
+            "{who}{}'s clock jumps {delta_ms:+} ms (skew now {:+} ms)",
+            ctl.name,
+            ctl.clock.skew_ms()
+        ));
+    }
+
     fn fault(&self, what: String) {
         crate::net::trace(|| format!("fault {what}"));
         self.history.record(Event::Fault { what });
@@ -399,15 +430,10 @@ impl Driver {
                 self.fault(format!("{client} cut off from the leader {name} for {ms} ms"));
                 self.undo.push((until(ms), Undo::Repair(client, name)));
             }
+            Fault::NodeJump { node, delta_ms } => self.jump(node, delta_ms, ""),
             Fault::Jump { delta_ms } => {
                 let Some(leader) = self.leader() else { return };
-                let ctl = &self.nodes[leader];
-                ctl.clock.jump(delta_ms);
-                self.fault(format!(
-                    "the leader {}'s clock jumps {delta_ms:+} ms (skew now {:+} ms)",
-                    ctl.name,
-                    ctl.clock.skew_ms()
-                ));
+                self.jump(leader, delta_ms, "the leader ");
             }
         }
         self.faults_applied += 1;
@@ -529,6 +555,30 @@ impl Driver {
 
     /// Steps until every node has applied the same index and compares their states;
     /// the agreed state hash.
+    /// Replicated time may run ahead of simulated time by what an honest clock may be
+    /// ahead (`forward_ms`: the largest skew and the leader's jumps), plus a term-start
+    /// step for every term, plus the pace's drift over the run: never by the days a
+    /// node's clock jumped, or entitlements and borrows would end early.
+    fn check_cluster_time(&self, time: &SimTime, forward_ms: u64, step_ms: u64, drift_ppm: u64) {
+        let real_ms = EPOCH_MS + time.ms();
+        for ctl in &self.nodes {
+            let Some(node) = ctl.node() else { continue };
+            let replicated_ms = node.read_local(|s| s.now_ms());
+            let terms = node.status().term;
+            let drift_ms = (time.ms() * drift_ppm).div_ceil(1_000_000);
+            let bound =
+                forward_ms.saturating_add(terms.saturating_mul(step_ms)).saturating_add(drift_ms);
+            let ahead = replicated_ms.saturating_sub(real_ms);
+            if ahead > bound {
+                self.history.violation(format!(
+                    "durability: {}'s replicated time is {ahead} ms ahead of real time, more than {bound} ms ({forward_ms} ms of skew and jumps, {terms} terms of {step_ms} ms, {drift_ms} ms of drift): a clock far ahead moved cluster time",
+                    ctl.name
+                ));
+                return;
+            }
+        }
+    }
+
     fn converge(&mut self, sim: &mut turmoil::Sim<'_>, time: &SimTime) -> Option<String> {
         let deadline = time.ms() + CONVERGE.as_millis() as u64;
         loop {

@@ -101,6 +101,7 @@ pub fn node_config(
     snapshot_after_entries: u64,
     lease_ttl_ms: u64,
     max_clock_drift_ppm: u64,
+    max_term_start_step_ms: u64,
 ) -> Config {
     let peers = NODES.iter().map(|(id, name)| (*id, format!("{name}:{}", net::PORT))).collect();
     Config {
@@ -114,6 +115,7 @@ pub fn node_config(
             snapshot_after_entries,
             keep_after_snapshot: 20,
             max_clock_drift_ppm,
+            max_term_start_step_ms,
             ..RaftTiming::default()
         },
         limits: Limits::default(),
