@@ -326,6 +326,9 @@ async fn admin_routes_health_and_metrics() {
                 "lsm_raft_commit_index ",
                 "lsm_raft_applied_index ",
                 "lsm_raft_last_log_index ",
+                // Clocks in step: no term started clamped, the first one included.
+                "lsm_clock_clamped_term_starts 0\n",
+                "lsm_clock_skew_ms ",
                 "lsm_http_request_duration_seconds_bucket{",
             ] {
                 assert!(metrics.contains(needle), "{needle} missing from {metrics}");
