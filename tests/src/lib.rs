@@ -136,6 +136,18 @@ modes = ["mpp"]
 "#;
 
 impl ProcCluster {
+    /// The checks of a history of this cluster: the capacity it reports, releases held
+    /// to finding their checkout live however long they take, and liveness within
+    /// `liveness` after every heal.
+    pub async fn checks(&self, liveness: Duration) -> lsm_check::Checks {
+        let leader = self.wait_for_leader().await;
+        let features: Vec<FeatureStatus> = self.read(leader, api::path::FEATURES).await;
+        lsm_check::Checks {
+            capacity: lsm_check::Capacity::of(&features),
+            release_window: None,
+            liveness: Some(lsm_check::Liveness { bound: liveness, progress_after_heal: true }),
+        }
+    }
     /// Starts `size` nodes with [`TEST_LICENSE`], bootstraps them and waits for a leader.
     pub async fn start(size: u64) -> ProcCluster {
         ProcCluster::start_with(size, TEST_LICENSE).await

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lsm_check::history::{Event, History, Outcome};
-use lsm_check::{Capacity, Checks, Liveness, Report};
+use lsm_check::{Checks, Report};
 use lsm_client::api::{self, ErrorCode, ItemBody};
 use lsm_client::{ClientError, Lease};
 use lsm_core::{Checkout, FeatureStatus, ParallelMode};
@@ -44,18 +44,6 @@ async fn solver_cluster(proxied_links: bool) -> ProcCluster {
         ..Options::default()
     })
     .await
-}
-
-/// The checks of a history: the capacity the cluster reports, releases held to finding
-/// their checkout live however long they take, and liveness within [`LIVENESS`].
-async fn checks(cluster: &ProcCluster) -> Checks {
-    let leader = cluster.wait_for_leader().await;
-    let features: Vec<FeatureStatus> = cluster.read(leader, api::path::FEATURES).await;
-    Checks {
-        capacity: Capacity::of(&features),
-        release_window: None,
-        liveness: Some(Liveness { bound: LIVENESS, progress_after_heal: true }),
-    }
 }
 
 /// Waits until `check` holds, polling every 100 ms, failing after `within`.
@@ -150,7 +138,7 @@ fn granted_ids(history: &History) -> BTreeSet<u64> {
 /// the new leader (and every node) holds exactly the same checkouts with later expiries.
 async fn leases_survive_a_leader_kill(name: &str, jobs: Vec<Job>) -> (ProcCluster, Arc<History>) {
     let mut cluster = solver_cluster(false).await;
-    let checks = checks(&cluster).await;
+    let checks = cluster.checks(LIVENESS).await;
     let history = Arc::new(History::new());
     let group = ClientGroup::start("jobs", &cluster.nodes()).await;
     let n = jobs.len();
@@ -258,7 +246,7 @@ async fn smp_and_mpp_checkouts_keep_their_pool_counts_on_every_node_when_the_lea
     use ParallelMode::{Mpp, Smp};
     let _slot = cluster_slot().await;
     let mut cluster = solver_cluster(false).await;
-    let checks = checks(&cluster).await;
+    let checks = cluster.checks(LIVENESS).await;
     let history = Arc::new(History::new());
     let group = ClientGroup::start("hpc", &cluster.nodes()).await;
     // Two 8-core SMP runs and two 16-core MPP runs: all 48 LS-DYNA tokens, 16 in the SMP
@@ -389,7 +377,7 @@ async fn a_paused_leader_never_serves_stale_state_and_its_clients_are_served_mea
 /// from its stale state, and a client listing it first is served.
 async fn old_leader_comes_back(away: Away) {
     let cluster = solver_cluster(away == Away::Stranded).await;
-    let checks = checks(&cluster).await;
+    let checks = cluster.checks(LIVENESS).await;
     let history = Arc::new(History::new());
     let old = cluster.wait_for_leader().await;
     let others: Vec<u64> = cluster.live().into_iter().filter(|&id| id != old).collect();
@@ -519,7 +507,7 @@ async fn old_leader_comes_back(away: Away) {
 async fn no_tokens_are_lost_to_redundancy_every_token_through_any_one_node() {
     let _slot = cluster_slot().await;
     let mut cluster = solver_cluster(false).await;
-    let checks = checks(&cluster).await;
+    let checks = cluster.checks(LIVENESS).await;
     let history = Arc::new(History::new());
     let totals = checks.capacity.totals.clone();
     // Everything: LS-DYNA's SMP pool to its cap, the rest of LS-DYNA in the MPP pool, and
@@ -597,7 +585,7 @@ async fn no_tokens_are_lost_to_redundancy_every_token_through_any_one_node() {
 async fn a_blip_between_a_client_and_the_leader_resumes_its_checkout_and_takes_no_second() {
     let _slot = cluster_slot().await;
     let cluster = solver_cluster(false).await;
-    let checks = checks(&cluster).await;
+    let checks = cluster.checks(LIVENESS).await;
     let history = Arc::new(History::new());
     let leader = cluster.wait_for_leader().await;
     let group = ClientGroup::start("blip", &cluster.nodes()).await;
@@ -702,7 +690,7 @@ async fn randomized_faults_under_a_workload_keep_every_property() {
         "randomized faults: LSM_FAULT_SEED={seed} LSM_FAULT_SECONDS={seconds} LSM_FAULT_CLIENTS={clients}"
     );
     let mut cluster = solver_cluster(true).await;
-    let checks = checks(&cluster).await;
+    let checks = cluster.checks(LIVENESS).await;
     let history = Arc::new(History::new());
     let nodes = cluster.nodes();
     let groups = [

@@ -29,10 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lsm_check::history::{Event, History};
-use lsm_check::{Capacity, Checks, Liveness, Property, Report};
-use lsm_client::api::{self, ItemBody};
+use lsm_check::{Property, Report};
+use lsm_client::api::ItemBody;
 use lsm_client::transport::HyperTransport;
-use lsm_core::FeatureStatus;
 use lsm_faultfs::{Disk, Mount, Stats};
 use lsm_tests::net::ClientGroup;
 use lsm_tests::workload::{
@@ -123,18 +122,6 @@ impl PoweredCluster {
     }
 }
 
-/// The checks of a history: the capacity the cluster reports, releases held to finding
-/// their checkout live however long they take, and liveness within [`LIVENESS`].
-async fn checks(cluster: &ProcCluster) -> Checks {
-    let leader = cluster.wait_for_leader().await;
-    let features: Vec<FeatureStatus> = cluster.read(leader, api::path::FEATURES).await;
-    Checks {
-        capacity: Capacity::of(&features),
-        release_window: None,
-        liveness: Some(Liveness { bound: LIVENESS, progress_after_heal: true }),
-    }
-}
-
 impl Drop for PoweredCluster {
     /// Kills the nodes before their file systems are unmounted.
     fn drop(&mut self) {
@@ -155,7 +142,7 @@ async fn power_loss_of_one_two_or_all_nodes_loses_no_acknowledged_checkout() {
     let seed = env_seed("LSM_POWER_SEED");
     println!("power loss: LSM_POWER_SEED={seed} LSM_POWER_CUTS={cuts}");
     let mut powered = PoweredCluster::start(Disk::Honest).await;
-    let checks = checks(&powered.cluster).await;
+    let checks = powered.cluster.checks(LIVENESS).await;
     let history = Arc::new(History::new());
     let nodes = powered.cluster.nodes();
     let group = ClientGroup::start("power", &nodes).await;
@@ -244,7 +231,7 @@ async fn power_loss_of_one_two_or_all_nodes_loses_no_acknowledged_checkout() {
 async fn power_loss_on_disks_that_ignore_syncs_is_caught_by_the_checks() {
     let _alone = cluster_alone().await;
     let mut powered = PoweredCluster::start(Disk::IgnoresSync).await;
-    let checks = checks(&powered.cluster).await;
+    let checks = powered.cluster.checks(LIVENESS).await;
     let history = Arc::new(History::new());
     let config = client_config(powered.cluster.addrs(), "holder", SETTLE);
     let transport = Arc::new(HyperTransport::tcp(Duration::from_secs(1)));
